@@ -1,0 +1,28 @@
+"""``binary``: image labels only — pooled encoder features -> logit, BCE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spatialspec.methods.base import METHODS, SpatialMethod
+from spatialspec.models import BackboneConfig, SpatialNet
+
+
+@METHODS.register("binary")
+class BinaryMethod(SpatialMethod):
+    """Image-label supervision: the network may use any pixel, spurious ones included."""
+
+    annotation = "label"
+
+    def build_net(self, cfg: BackboneConfig) -> SpatialNet:
+        return SpatialNet(cfg, image_head=True, dense=False)
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.net.image_logits(batch["image"])  # (B,)
+        return {"loss": F.binary_cross_entropy_with_logits(logits, batch["label"].float())}
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net.image_logits(images))

@@ -1,0 +1,72 @@
+"""Shared recipe of the dense methods (``bbox``, ``seg``): pixel loss + pooled image score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+
+from spatialspec.methods.base import SpatialMethod
+from spatialspec.models import POOLINGS, BackboneConfig, SpatialNet, pool_scores
+
+
+class DenseMethod(SpatialMethod):
+    """U-Net trained on a dense target (the dataset's ``mask``: a mask or filled boxes).
+
+    Images whose annotation is known (``mask_available == 1``; a negative's known-empty mask
+    counts) get the pixel loss: BCE + ``dice_weight`` x soft Dice over the batch. Images without
+    an annotation get BCE between their pooled score and their image label, so a dense model
+    can learn from label-only images on the same network.
+
+    Args:
+        backbone: Architecture of the shared network.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        pooling: How pixel probabilities become an image score: ``max``, ``mean``, ``topk``.
+        topk: Pixels averaged by ``topk`` pooling.
+        dice_weight: Weight of the Dice term of the pixel loss (0 disables it).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        pooling: str = "topk",
+        topk: int = 16,
+        dice_weight: float = 1.0,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        super().__init__(backbone, lr=lr, weight_decay=weight_decay)
+        self.save_hyperparameters()
+        self.dice = DiceLoss(mode="binary", from_logits=True)
+
+    def build_net(self, cfg: BackboneConfig) -> SpatialNet:
+        return SpatialNet(cfg, image_head=False, dense=True)
+
+    def pool(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) pixel probabilities -> (B,) image scores, per the configured pooling."""
+        return pool_scores(probs, self.hparams.pooling, self.hparams.topk)
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.net.pixel_logits(batch["image"])  # (B, 1, H, W)
+        known = batch["mask_available"] > 0.5  # (B,)
+        zero = logits.sum() * 0.0  # keeps the graph when a term has no rows
+        pixel = image = zero
+        if known.any():
+            lg, target = logits[known], batch["mask"][known].float()
+            pixel = F.binary_cross_entropy_with_logits(lg, target)
+            if self.hparams.dice_weight:
+                pixel = pixel + self.hparams.dice_weight * self.dice(lg, target)
+        if (~known).any():
+            scores = self.pool(torch.sigmoid(logits[~known])).clamp(1e-6, 1 - 1e-6)
+            image = F.binary_cross_entropy(scores, batch["label"][~known].float())
+        n_known = known.float().mean()
+        loss = n_known * pixel + (1 - n_known) * image
+        return {"loss": loss, "pixel_loss": pixel.detach(), "image_loss": image.detach()}
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.sigmoid(self.net.pixel_logits(images)))

@@ -1,0 +1,113 @@
+"""The shared backbone: an smp U-Net whose parts each method uses as it needs.
+
+``binary`` uses encoder -> pooled features -> image logit; ``bbox`` and ``seg`` use
+encoder -> U-Net decoder -> pixel logits. The wiring follows smp's ``SegmentationModel``: the
+parts are plain modules, and no loss lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+
+@dataclass
+class BackboneConfig:
+    """Architecture of the shared network.
+
+    Attributes:
+        encoder_name: Any smp encoder name (``resnet50``, ``resnet18``, ``tu-<timm name>``...).
+        in_channels: 1 (grey) or 3 (RGB).
+        encoder_weights: Pretrained weights name (e.g. ``imagenet``) or None. Weights are fetched
+            over the network by smp; offline runs must keep None or pre-fill the torch cache.
+        encoder_depth: Number of encoder stages (3-5); input sides must divide 2**depth.
+        decoder_channels: U-Net decoder widths, one per stage (length == encoder_depth).
+        dropout: Dropout before the image-level linear head.
+    """
+
+    encoder_name: str = "resnet18"
+    in_channels: int = 1
+    encoder_weights: str | None = None
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        self.decoder_channels = tuple(self.decoder_channels)
+        if len(self.decoder_channels) != self.encoder_depth:
+            raise ValueError(
+                f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth is "
+                f"{self.encoder_depth}; give one width per encoder stage"
+            )
+
+
+def _build_unet(cfg: BackboneConfig, image_head: bool) -> smp.Unet:
+    aux = {"classes": 1, "pooling": "avg", "dropout": cfg.dropout} if image_head else None
+    try:
+        return smp.Unet(
+            encoder_name=cfg.encoder_name,
+            encoder_weights=cfg.encoder_weights,
+            encoder_depth=cfg.encoder_depth,
+            decoder_channels=cfg.decoder_channels,
+            in_channels=cfg.in_channels,
+            classes=1,
+            aux_params=aux,
+        )
+    except (KeyError, ValueError) as err:
+        if "weights" in str(err).lower() or cfg.encoder_weights is None:
+            raise ValueError(f"cannot build encoder {cfg.encoder_name!r}: {err}") from err
+        raise
+    except OSError as err:  # URLError, ConnectionError, ... while fetching weights
+        raise RuntimeError(
+            f"could not fetch {cfg.encoder_weights!r} weights for encoder {cfg.encoder_name!r} "
+            f"({err}). Offline? Set model.backbone.encoder_weights=null, or put the weights in "
+            "the torch hub cache beforehand."
+        ) from err
+
+
+class SpatialNet(nn.Module):
+    """Encoder with an optional image-level head and an optional U-Net decoder + pixel head.
+
+    Args:
+        cfg: Architecture.
+        image_head: Build the pooled-features -> logit head.
+        dense: Build the U-Net decoder and the pixel head.
+    """
+
+    def __init__(self, cfg: BackboneConfig, *, image_head: bool, dense: bool) -> None:
+        super().__init__()
+        if not (image_head or dense):
+            raise ValueError("SpatialNet needs an image head, a dense head, or both")
+        unet = _build_unet(cfg, image_head)
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder if dense else None
+        self.pixel_head = unet.segmentation_head if dense else None
+        self.image_head = unet.classification_head if image_head else None
+        self.stride = 2**cfg.encoder_depth
+
+    def _check(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(
+                f"input of {h}x{w} pixels: both sides must be divisible by {self.stride} "
+                "(2**encoder_depth); change data.image_size"
+            )
+
+    def image_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B,) image-level logits."""
+        if self.image_head is None:
+            raise RuntimeError("this SpatialNet was built without an image head")
+        self._check(x)
+        return self.image_head(self.encoder(x)[-1]).squeeze(1)
+
+    def pixel_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1, H, W) pixel logits."""
+        if self.decoder is None:
+            raise RuntimeError("this SpatialNet was built without a decoder")
+        self._check(x)
+        return self.pixel_head(self.decoder(self.encoder(x)))

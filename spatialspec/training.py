@@ -158,6 +158,26 @@ def build_components(
     return model, data
 
 
+def build_trainer(
+    trainer_kwargs: dict[str, Any], out_dir: Path, monitor: str = "val/auroc"
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer ``fit`` uses: CSV logs and best/last checkpoints in ``out_dir``."""
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min" if monitor == "val/loss" else "max",
+        save_last=True,
+    )
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(out_dir),
+        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        callbacks=[checkpoint],
+    )
+    return trainer, checkpoint
+
+
 def fit(argv: Sequence[str]) -> dict[str, Any]:
     """Run ``spatialspec fit`` with command-line arguments ``argv``; returns ``run.json``."""
     parser, cfg = parse_fit_args(argv)
@@ -169,25 +189,13 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     _prepare_run_dir(out_dir, cfg.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+    resolved = parser.dump(cfg, skip_none=False)
+    write_text_atomic(out_dir / "config.yaml", resolved)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, data = build_components(cfg, parser)
-    model.run_config = parser.dump(cfg, skip_none=False)
+    model.run_config = resolved  # saved into checkpoints (see SpatialMethod.on_save_checkpoint)
 
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        filename="best",
-        monitor=cfg.monitor,
-        mode="min" if cfg.monitor == "val/loss" else "max",
-        save_last=True,
-    )
-    trainer_kwargs = cfg.trainer.as_dict()
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        default_root_dir=str(out_dir),
-        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
-        callbacks=[checkpoint],
-    )
+    trainer, checkpoint = build_trainer(cfg.trainer.as_dict(), out_dir, cfg.monitor)
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     info = run_metadata(
@@ -200,7 +208,7 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
         epochs_run=trainer.current_epoch,
         global_steps=trainer.global_step,
         fit_seconds=round(time.perf_counter() - start, 2),
-        config=yaml.safe_load(model.run_config),
+        config=yaml.safe_load(resolved),
     )
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "run.json", info)

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import lightning as L
 import pandas as pd
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, get_worker_info
 
 from spatialspec.data.dataset import ManifestDataset
 from spatialspec.data.manifest import load_manifest
 from spatialspec.data.transforms import build_transform
+
+
+def seed_worker_transform(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's augmentation pipeline its own seed.
+
+    Albumentations keeps a random state of its own that every worker would otherwise copy, so
+    all workers would draw the same augmentations. The worker's torch seed differs per worker
+    and per epoch and follows the global seed.
+    """
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 class SpatialDataModule(L.LightningDataModule):
@@ -63,7 +75,10 @@ class SpatialDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool = False) -> ManifestDataset:
         """Dataset of one split, augmented if ``train`` and augmentation is on."""
-        transform = build_transform(self.image_size, augment=train and self.augment)
+        augment = train and self.augment
+        # Drawn from torch's generator, so a seeded run augments reproducibly.
+        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if augment else None
+        transform = build_transform(self.image_size, augment=augment, seed=seed)
         return ManifestDataset(self.split_frame(split), transform, self.annotation, self.channels)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -74,6 +89,7 @@ class SpatialDataModule(L.LightningDataModule):
             drop_last=train and len(self.split_frame(split)) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,12 +6,13 @@ import albumentations as A
 import cv2
 
 
-def build_transform(image_size: int, augment: bool) -> A.Compose:
+def build_transform(image_size: int, augment: bool, seed: int | None = None) -> A.Compose:
     """Resize to ``image_size`` squared; with ``augment``, add mild flips, affine and intensity.
 
     Args:
         image_size: Output side in pixels.
         augment: Training-time augmentation on (True) or off (evaluation).
+        seed: Seed of the pipeline's own random state (albumentations ignores global seeds).
 
     Returns:
         A pipeline called as ``t(image=float32 HxW[xC] in [0,1], mask=uint8 HxW)``.
@@ -36,4 +37,4 @@ def build_transform(image_size: int, augment: bool) -> A.Compose:
             ),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
         ]
-    return A.Compose(ops)
+    return A.Compose(ops, seed=seed)

@@ -54,8 +54,7 @@ class DenseMethod(SpatialMethod):
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.net.pixel_logits(batch["image"])  # (B, 1, H, W)
         known = batch["mask_available"] > 0.5  # (B,)
-        zero = logits.sum() * 0.0  # keeps the graph when a term has no rows
-        pixel = image = zero
+        pixel = image = logits.new_zeros(())  # a term without rows contributes 0
         if known.any():
             lg, target = logits[known], batch["mask"][known].float()
             pixel = F.binary_cross_entropy_with_logits(lg, target)

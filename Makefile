@@ -1,0 +1,77 @@
+# spatialspec — make targets. `make help` lists them.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# DATA: dataset whose configs/<DATA>/ the train targets use.
+# MANIFEST: optional manifest.csv overriding the config's.  ARGS: extra fit / evaluate arguments,
+# e.g. ARGS="--trainer.max_epochs 3".  CKPT / PREDICTIONS: what `make evaluate` scores
+# (default: the seg run's best checkpoint).  REPORT: where `make evaluate` writes its JSON.
+DATA        ?= synthetic
+CONFIGS     := configs/$(strip $(DATA))
+MANIFEST    ?=
+ARGS        ?=
+CKPT        ?=
+PREDICTIONS ?=
+REPORT      ?= results/report.json
+SYNTH   := data/synthetic/manifest.csv
+
+.PHONY: help install test test-fast demo prepare-synthetic train-binary train-bbox train-seg \
+        evaluate benchmark lint format clean
+
+help:
+	@echo "make install        create $(VENV) and install spatialspec with its dev extras"
+	@echo "make demo           synthetic benchmark -> binary, bbox, seg -> robust AUROC (results/demo/)"
+	@echo "make test           install if needed, then run the whole test suite"
+	@echo "make train-seg      fit configs/\$$DATA/seg.yaml (DATA=synthetic; MANIFEST=..., ARGS=...)"
+	@echo "make train-binary / train-bbox   the same for the other methods"
+	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
+	@echo "make benchmark      training-loop overhead vs a bare PyTorch loop"
+	@echo "make lint / format  ruff"
+
+install: $(STAMP)
+
+# torch/torchvision resolve as a matching pair from PyPI; constraints.txt pins the tested set.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: install
+	$(BIN)/spatialspec demo
+
+prepare-synthetic: install
+	$(BIN)/spatialspec prepare synthetic --out data/synthetic
+
+$(SYNTH): | $(STAMP)
+	$(BIN)/spatialspec prepare synthetic --out data/synthetic
+
+# The synthetic benchmark is prepared on first use; other datasets need MANIFEST or their config's.
+train-binary train-bbox train-seg: train-%: install $(if $(filter synthetic,$(strip $(DATA))),$(SYNTH))
+	$(BIN)/spatialspec fit --config $(CONFIGS)/$*.yaml $(if $(MANIFEST),--data.manifest $(MANIFEST)) $(ARGS)
+
+evaluate: install
+	$(BIN)/spatialspec evaluate \
+	  $(if $(PREDICTIONS),--predictions $(PREDICTIONS),--checkpoint $(or $(CKPT),runs/$(strip $(DATA))/seg/checkpoints/best.ckpt)) \
+	  $(if $(MANIFEST),--manifest $(MANIFEST)) --out $(REPORT) $(ARGS)
+
+benchmark: install
+	$(BIN)/python benchmarks/train_overhead.py
+
+lint: install
+	$(BIN)/ruff check spatialspec tests benchmarks
+	$(BIN)/ruff format --check spatialspec tests benchmarks
+
+format: install
+	$(BIN)/ruff format spatialspec tests benchmarks
+	$(BIN)/ruff check --fix spatialspec tests benchmarks
+
+clean:
+	rm -rf runs results .pytest_cache .ruff_cache

@@ -1,0 +1,157 @@
+"""``spatialspec`` command line: prepare | fit | evaluate | demo.
+
+``fit`` takes config files and dotted overrides (``--trainer.max_epochs 3``) and is parsed by
+jsonargparse; the other commands use argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+COMMANDS = ("prepare", "fit", "evaluate", "demo")
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    from spatialspec.data.synthetic import SyntheticConfig
+
+    d = SyntheticConfig()
+    p = sub.add_parser("prepare", help="build a dataset and its manifest.csv")
+    kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    s = kinds.add_parser("synthetic", help="the embedded spurious-feature benchmark")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n-train", type=int, default=d.n_train)
+    s.add_argument("--n-val", type=int, default=d.n_val)
+    s.add_argument("--n-test", type=int, default=d.n_test)
+    s.add_argument("--size", type=int, default=d.size, help="image side in pixels")
+    s.add_argument("--correlation", type=float, default=d.correlation,
+                   help="P(spurious == label) in every split")  # fmt: skip
+    s.add_argument("--prevalence", type=float, default=d.prevalence)
+    s.add_argument("--balanced-test", action="store_true",
+                   help="make the spurious feature independent of the label in test")  # fmt: skip
+    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--pathology-contrast", type=float, default=d.pathology_contrast)
+    s.add_argument("--spurious-contrast", type=float, default=d.spurious_contrast)
+    s.add_argument("--force", action="store_true", help="regenerate even if up to date")
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="robust-AUROC report from predictions or a checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", help="CSV with columns image_id,score (val rows optional)")
+    src.add_argument("--checkpoint", help="a spatialspec checkpoint (.ckpt)")
+    p.add_argument("--manifest", help="manifest.csv (default with --checkpoint: the run's)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, help="report JSON path (a .md is written beside it)")
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--accelerator", default="auto", help="with --checkpoint: cpu, gpu, auto")
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synthetic benchmark -> binary, bbox, seg -> robust AUROC")
+    p.add_argument("--data", default="data/synthetic", help="benchmark folder (reused if current)")
+    p.add_argument("--runs", default="runs/demo", help="folder of the three training runs")
+    p.add_argument("--out", default="results/demo", help="summary.json, report.md, chart")
+    p.add_argument("--configs", default="configs/synthetic", help="folder of the method configs")
+    p.add_argument("--methods", default="binary,bbox,seg")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="fit overrides for every method, e.g. trainer.max_epochs=2")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (``fit`` is parsed separately by jsonargparse)."""
+    parser = argparse.ArgumentParser(
+        prog="spatialspec",
+        description="Spatial specificity of supervision vs. spurious features.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _prepare_parser(sub)
+    sub.add_parser("fit", help="train one method: fit --config FILE [--section.key VALUE ...]")
+    _evaluate_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from spatialspec.data.manifest import load_manifest
+    from spatialspec.data.synthetic import SyntheticConfig, prepare, robust_subgroup_sizes
+
+    cfg = SyntheticConfig(
+        n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
+        correlation=args.correlation, prevalence=args.prevalence,
+        balanced_test=args.balanced_test, seed=args.seed,
+        pathology_contrast=args.pathology_contrast, spurious_contrast=args.spurious_contrast,
+    )  # fmt: skip
+    path = prepare(cfg, args.out, force=args.force)
+    sizes = robust_subgroup_sizes(load_manifest(path, check_files=False), "test")
+    print(f"manifest: {path}")
+    print(f"test robust subgroups: {sizes}")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from spatialspec.evaluation.render import write_markdown
+    from spatialspec.evaluation.report import evaluate_predictions
+    from spatialspec.evaluation.runner import evaluate_checkpoint
+
+    if args.predictions:
+        if not args.manifest:
+            raise SystemExit("spatialspec evaluate: --manifest is required with --predictions")
+        report = evaluate_predictions(
+            args.manifest, args.predictions, args.split, args.out,
+            n_resamples=args.n_resamples, seed=args.seed,
+        )  # fmt: skip
+    else:
+        report = evaluate_checkpoint(
+            args.checkpoint, args.out, manifest=args.manifest, split=args.split,
+            n_resamples=args.n_resamples, seed=args.seed, accelerator=args.accelerator,
+        )  # fmt: skip
+    md = write_markdown(report, Path(args.out).with_suffix(".md"))
+    lo, hi = report["robust_auroc_ci"]
+    print(
+        f"{args.split}: robust AUROC {report['robust_auroc']:.3f} [{lo:.3f}, {hi:.3f}]  "
+        f"AUROC {report['auroc']:.3f}  n={report['n']}  -> {args.out}, {md}"
+    )
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning from its own internals."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spatialspec`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_lightning()
+    if argv and argv[0] == "fit":
+        from spatialspec.training import fit
+
+        info = fit(argv[1:])
+        best = f"{info['monitor']}={info['best_score']}"
+        print(f"best checkpoint: {info['best_checkpoint']} ({best})")
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            _run_prepare(args)
+        elif args.command == "evaluate":
+            _run_evaluate(args)
+        elif args.command == "demo":
+            from spatialspec.demo import run_demo
+
+            run_demo(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"spatialspec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Human-readable views of reports: Markdown tables and a comparison chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spatialspec.runinfo import write_text_atomic
+
+
+def _ci(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def report_markdown(report: dict[str, Any], title: str = "Evaluation report") -> str:
+    """One report as Markdown: headline metrics, then the four subgroups."""
+    meta = report.get("metadata", {})
+    lines = [
+        f"# {title}",
+        "",
+        f"- split: `{report['split']}`, n = {report['n']} "
+        f"({report['n_positive']} positive, {report['n_negative']} negative)",
+        f"- robust AUROC: **{_ci(report['robust_auroc'], report['robust_auroc_ci'])}** "
+        f"over {report['n_robust']} images (positives without + negatives with the spurious "
+        "feature)",
+        f"- AUROC: {_ci(report['auroc'], report['auroc_ci'])}",
+        f"- threshold {report['threshold']:.3f} ({report['threshold_source']}): accuracy "
+        f"{report['accuracy']:.3f}, worst-group accuracy {_fmt(report['worst_group_accuracy'])}",
+    ]
+    if meta.get("method"):
+        pool = meta.get("pooling")
+        lines.append(f"- method `{meta['method']}`" + (f", pooling `{pool}`" if pool else ""))
+    lines += ["", "| subgroup | n | mean score | accuracy |", "|---|---:|---:|---:|"]
+    for name, g in report["subgroups"].items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {g['n']} | {_fmt(g['mean_score'])} | "
+            f"{_fmt(g['accuracy'])} |"
+        )
+    b = report["bootstrap"]
+    lines += [
+        "",
+        f"95 % CIs: {b['n_resamples']} bootstrap resamples (seed {b['seed']}, {b['method']}).",
+    ]
+    if meta:
+        lines.append(f"git commit `{meta.get('git_commit')}`, created {meta.get('created')}.")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
+    """Write :func:`report_markdown` atomically; returns the path."""
+    return write_text_atomic(path, report_markdown(report))
+
+
+def methods_table(reports: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of several methods' reports."""
+    lines = [
+        "| method | robust AUROC [95 % CI] | AUROC [95 % CI] | worst-group acc. | n robust |",
+        "|---|---|---|---:|---:|",
+    ]
+    for name, r in reports.items():
+        lines.append(
+            f"| {name} | {_ci(r['robust_auroc'], r['robust_auroc_ci'])} | "
+            f"{_ci(r['auroc'], r['auroc_ci'])} | {_fmt(r['worst_group_accuracy'])} | "
+            f"{r['n_robust']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_methods(reports: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """Grouped bar chart of AUROC and robust AUROC (95 % CI error bars) per method, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(reports)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 3.6), dpi=120)
+    for offset, key, colour in ((-0.18, "auroc", "#9aa5b1"), (0.18, "robust_auroc", "#d1495b")):
+        vals = np.array([reports[n][key] for n in names])
+        ci = np.array([reports[n][f"{key}_ci"] for n in names])
+        err = np.stack([vals - ci[:, 0], ci[:, 1] - vals])
+        label = "AUROC" if key == "auroc" else "robust AUROC"
+        ax.bar(x + offset, vals, 0.36, yerr=err, capsize=3, color=colour, label=label)
+    ax.axhline(0.5, color="black", lw=0.8, ls="--")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test AUROC (95 % CI)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Spatial specificity vs. the shortcut", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

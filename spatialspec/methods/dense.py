@@ -61,11 +61,19 @@ class DenseMethod(SpatialMethod):
             if self.hparams.dice_weight:
                 pixel = pixel + self.hparams.dice_weight * self.dice(lg, target)
         if (~known).any():
-            scores = self.pool(torch.sigmoid(logits[~known])).clamp(1e-6, 1 - 1e-6)
-            image = F.binary_cross_entropy(scores, batch["label"][~known].float())
+            image = self.image_loss(logits[~known], batch["label"][~known])
         n_known = known.float().mean()
         loss = n_known * pixel + (1 - n_known) * image
         return {"loss": loss, "pixel_loss": pixel.detach(), "image_loss": image.detach()}
+
+    def image_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BCE between pooled scores of (N, 1, H, W) pixel logits and (N,) image labels.
+
+        Computed in float32 with autocast off: BCE on probabilities is unsafe under autocast.
+        """
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            scores = self.pool(torch.sigmoid(logits.float())).clamp(1e-6, 1 - 1e-6)
+            return F.binary_cross_entropy(scores, labels.float())
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool(torch.sigmoid(self.net.pixel_logits(images)))

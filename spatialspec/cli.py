@@ -100,7 +100,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     if args.predictions:
         if not args.manifest:
-            raise SystemExit("spatialspec evaluate: --manifest is required with --predictions")
+            raise ValueError("--manifest is required with --predictions")
         report = evaluate_predictions(
             args.manifest, args.predictions, args.split, args.out,
             n_resamples=args.n_resamples, seed=args.seed,
@@ -118,11 +118,18 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _message(err: Exception) -> str:
+    """The text of an exception (KeyError's str() adds quotes)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
 def _quiet_lightning() -> None:
     """Drop Lightning's advertising tips and a deprecation warning from its own internals."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # idempotent
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
@@ -133,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "fit":
         from spatialspec.training import fit
 
-        info = fit(argv[1:])
+        try:
+            info = fit(argv[1:])
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+            print(f"spatialspec fit: error: {_message(err)}", file=sys.stderr)
+            return 2
         best = f"{info['monitor']}={info['best_score']}"
         print(f"best checkpoint: {info['best_checkpoint']} ({best})")
         return 0
@@ -147,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from spatialspec.demo import run_demo
 
             run_demo(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"spatialspec {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        print(f"spatialspec {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
     return 0
 

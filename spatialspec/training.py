@@ -119,7 +119,13 @@ def build_parser(method_cls: type[SpatialMethod]) -> ArgumentParser:
 def parse_fit_args(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     """Parse ``spatialspec fit`` arguments (config files first, then overrides)."""
     config, rest = _split_argv(argv)
-    parser = build_parser(get_method(_method_name(config, rest)))
+    try:
+        method_cls = get_method(_method_name(config, rest))
+    except ValueError:
+        if not {"-h", "--help"} & set(rest):
+            raise
+        method_cls = SpatialMethod  # generic help; `--method NAME --help` lists its options
+    parser = build_parser(method_cls)
     args = ["--config", yaml.safe_dump(config)] if config else []
     cfg = parser.parse_args([*args, *rest])
     if cfg.monitor not in MONITORS:
@@ -189,7 +195,9 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     _prepare_run_dir(out_dir, cfg.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = parser.dump(cfg, skip_none=False)
+    saved = cfg.clone()
+    saved.overwrite = False  # re-running a saved config.yaml must not wipe a run silently
+    resolved = parser.dump(saved, skip_none=False)
     write_text_atomic(out_dir / "config.yaml", resolved)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, data = build_components(cfg, parser)

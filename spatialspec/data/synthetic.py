@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -296,16 +298,35 @@ def _write_json(path: Path, payload: dict) -> None:
 def prepare(cfg: SyntheticConfig, out: str | Path, *, force: bool = False) -> Path:
     """Generate the benchmark unless ``out`` already holds one made with the same parameters.
 
+    The benchmark is built in a temporary sibling folder and swapped in only when complete, so
+    an interrupted run never leaves a half-written benchmark and a regenerated one holds no
+    stale files. A non-empty ``out`` that is not a synthetic benchmark is never replaced.
+
     Returns:
         Path of the manifest.
     """
     out = Path(out)
-    manifest = out / "manifest.csv"
-    params = out / PARAMS_FILE
+    manifest, params = out / "manifest.csv", out / PARAMS_FILE
     fresh = not force and manifest.exists() and params.exists()
     if fresh and json.loads(params.read_text()) == asdict(cfg):
         return manifest
-    generate(cfg, out)
+    if out.exists() and any(out.iterdir()) and not params.exists():
+        raise FileExistsError(
+            f"{out} is not empty and holds no {PARAMS_FILE}: not a synthetic benchmark folder, "
+            "refusing to replace it; choose another --out"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        generate(cfg, staging)
+        old = out.with_name(f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return manifest
 
 

@@ -24,13 +24,12 @@ def load_checkpoint(path: str | Path) -> tuple[SpatialMethod, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only=False: the hyper-parameters hold config dataclasses. Load only your own runs.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     info = ckpt.get("spatialspec")
     if not info:
         raise ValueError(f"{path} is not a spatialspec checkpoint (no 'spatialspec' entry)")
     method = get_method(info["method"]).load_from_checkpoint(
-        path, map_location="cpu", weights_only=False
+        path, map_location="cpu", weights_only=True
     )
     method.eval()
     return method, yaml.safe_load(info["config"] or "{}") or {}
@@ -74,6 +73,6 @@ def predict_splits(
     for split in splits:
         batches = trainer.predict(method, dataloaders=data.predict_loader(split))
         ids = [i for b in batches for i in b["image_id"]]
-        scores = torch.cat([b["score"] for b in batches]).cpu().numpy()
+        scores = torch.cat([b["score"] for b in batches]).cpu().double().numpy()
         parts.append(pd.DataFrame({"image_id": ids, "split": split, "score": scores}))
     return pd.concat(parts, ignore_index=True)

@@ -7,6 +7,7 @@ Everything downstream (metrics, reports, audits) only sees scores.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import lightning as L
@@ -26,10 +27,14 @@ def get_method(name: str) -> type[SpatialMethod]:
 
 
 class SpatialMethod(L.LightningModule):
-    """Base class. Subclasses set :attr:`annotation` and implement the three hooks below.
+    """Base class. Subclasses set :attr:`annotation` and implement the hooks below.
+
+    A method maps images to raw network ``outputs`` (:meth:`forward`), ``outputs`` + batch to
+    losses (:meth:`loss`) and ``outputs`` to image-level probabilities (:meth:`scores`), so
+    validation scores and losses come from one forward pass.
 
     Args:
-        backbone: Architecture of the shared network.
+        backbone: Architecture of the shared network (a dict is accepted too).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
     """
@@ -41,24 +46,49 @@ class SpatialMethod(L.LightningModule):
         self, backbone: BackboneConfig | None = None, lr: float = 1e-3, weight_decay: float = 0.0
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if isinstance(backbone, dict):  # as stored in checkpoints' hyper-parameters
+            backbone = BackboneConfig(**backbone)
         self.backbone = backbone or BackboneConfig()
+        self.save_hparams()
         self.net = self.build_net(self.backbone)
         self.val_auroc = BinaryAUROC()
         self.val_robust_auroc = RobustAUROC()
+
+    def save_hparams(self) -> None:
+        """Record the caller's ``__init__`` arguments, the backbone as a plain dict.
+
+        Plain types keep ``hparams.yaml`` readable and checkpoints loadable with
+        ``weights_only=True``. Subclasses with extra arguments call this at the end of theirs.
+        """
+        caller = inspect.getargvalues(inspect.currentframe().f_back)
+        hparams = {name: caller.locals[name] for name in caller.args if name != "self"}
+        self.save_hyperparameters({**hparams, "backbone": self.backbone.to_dict()})
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:
         """Build the network this method needs."""
         raise NotImplementedError
 
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": total, <component>: value, ...}`` for a batch."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> raw outputs (image logits (B,) or pixel logits (B, 1, H, W))."""
         raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"loss": total, <component>: value, ...}`` from outputs and their batch."""
+        raise NotImplementedError
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Raw outputs -> (B,) image-level probabilities."""
+        raise NotImplementedError
+
+    # -- conveniences --------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Losses of a batch (one forward pass)."""
+        return self.loss(self(batch["image"]), batch)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B,) image-level probabilities."""
-        raise NotImplementedError
+        return self.scores(self(images))
 
     # -- Lightning -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -68,8 +98,8 @@ class SpatialMethod(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        losses = self.compute_loss(batch)
-        scores = self.score(batch["image"])
+        outputs = self(batch["image"])
+        losses, scores = self.loss(outputs, batch), self.scores(outputs)
         labels = batch["label"].long()
         self.val_auroc.update(scores, labels)
         self.val_robust_auroc.update(scores, labels, batch["spurious"])

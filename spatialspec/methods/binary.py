@@ -20,9 +20,11 @@ class BinaryMethod(SpatialMethod):
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:
         return SpatialNet(cfg, image_head=True, dense=False)
 
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self.net.image_logits(batch["image"])  # (B,)
-        return {"loss": F.binary_cross_entropy_with_logits(logits, batch["label"].float())}
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.image_logits(images)  # (B,)
 
-    def score(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net.image_logits(images))
+    def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"loss": F.binary_cross_entropy_with_logits(outputs, batch["label"].float())}
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)

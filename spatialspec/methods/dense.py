@@ -41,7 +41,7 @@ class DenseMethod(SpatialMethod):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         super().__init__(backbone, lr=lr, weight_decay=weight_decay)
-        self.save_hyperparameters()
+        self.save_hparams()
         self.dice = DiceLoss(mode="binary", from_logits=True)
 
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:
@@ -51,8 +51,10 @@ class DenseMethod(SpatialMethod):
         """(B, 1, H, W) pixel probabilities -> (B,) image scores, per the configured pooling."""
         return pool_scores(probs, self.hparams.pooling, self.hparams.topk)
 
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self.net.pixel_logits(batch["image"])  # (B, 1, H, W)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.pixel_logits(images)  # (B, 1, H, W)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         known = batch["mask_available"] > 0.5  # (B,)
         pixel = image = logits.new_zeros(())  # a term without rows contributes 0
         if known.any():
@@ -75,5 +77,5 @@ class DenseMethod(SpatialMethod):
             scores = self.pool(torch.sigmoid(logits.float())).clamp(1e-6, 1 - 1e-6)
             return F.binary_cross_entropy(scores, labels.float())
 
-    def score(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.sigmoid(self.net.pixel_logits(images)))
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.sigmoid(outputs))

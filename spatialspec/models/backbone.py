@@ -7,7 +7,7 @@ parts are plain modules, and no loss lives here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import segmentation_models_pytorch as smp
 import torch
@@ -44,6 +44,10 @@ class BackboneConfig:
                 f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth is "
                 f"{self.encoder_depth}; give one width per encoder stage"
             )
+
+    def to_dict(self) -> dict:
+        """Plain-type dict (lists, no tuples): YAML- and ``weights_only``-checkpoint friendly."""
+        return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
 
 
 def _build_unet(cfg: BackboneConfig, image_head: bool) -> smp.Unet:

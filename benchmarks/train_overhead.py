@@ -3,10 +3,11 @@
 Both loops train the same method (network, loss) on the same in-memory batches of the synthetic
 benchmark, with the same batch size and optimiser. The Lightning side is the exact Trainer that
 ``fit`` builds (CSV logger, checkpoint callback, progress bar, per-step logging); validation is
-switched off on both sides so only the training loop is timed. Rounds alternate between the two
-loops and the median is reported.
+switched off on both sides so only the training loop is timed. Each round times both loops back
+to back; the median of the per-round ratios is reported (the CPU speed drifts by ~10 % between
+rounds on a shared 2-core machine, the ratio within a round much less).
 
-    python benchmarks/train_overhead.py [--config configs/synthetic/seg.yaml] [--steps 40]
+    python benchmarks/train_overhead.py [--config configs/synthetic/seg.yaml] [--steps 60]
 
 The last line printed is the ratio (fit images/s ÷ bare images/s); target >= 0.95.
 """

@@ -183,11 +183,14 @@ def build_trainer(
         mode="min" if monitor == "val/loss" else "max",
         save_last=True,
     )
+    callbacks: list[L.Callback] = [checkpoint]
+    if trainer_kwargs.get("enable_progress_bar", True) is not False:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, progress_every)))
     trainer = L.Trainer(
         **trainer_kwargs,
         default_root_dir=str(out_dir),
         logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=max(1, progress_every))],
+        callbacks=callbacks,
     )
     return trainer, checkpoint
 

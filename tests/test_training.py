@@ -274,3 +274,12 @@ def test_fit_overwrite_replaces_the_run(run: dict[str, Any]) -> None:
     with open(run["out"] / "logs" / "metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["val/auroc"]]
     assert len(rows) == 1  # the old metrics were removed, not appended to
+
+
+def test_build_trainer_progress_bar_refresh(tmp_path: Path) -> None:
+    from spatialspec.training import build_trainer
+
+    trainer, _ = build_trainer({"accelerator": "cpu"}, tmp_path, progress_every=7)
+    assert trainer.progress_bar_callback.refresh_rate == 7
+    quiet, _ = build_trainer({"accelerator": "cpu", "enable_progress_bar": False}, tmp_path)
+    assert quiet.progress_bar_callback is None

@@ -123,7 +123,8 @@ def test_different_seed_gives_different_images(tmp_path: Path) -> None:
 
 def test_generate_writes_params_file(tmp_path: Path) -> None:
     generate(SMALL, tmp_path, progress=False)
-    assert json.loads((tmp_path / syn.PARAMS_FILE).read_text()) == asdict(SMALL)
+    saved = json.loads((tmp_path / syn.PARAMS_FILE).read_text())
+    assert saved == {**asdict(SMALL), "generator_version": syn.GENERATOR_VERSION}
 
 
 # ------------------------------------------------------------------------------- the drawing
@@ -284,3 +285,14 @@ def test_prepare_interrupted_keeps_the_previous_benchmark(tmp_path: Path, monkey
         prepare(SyntheticConfig(**{**asdict(SMALL), "seed": 99}), out)
     assert manifest.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]
+
+
+def test_prepare_regenerates_after_a_generator_change(tmp_path: Path, monkeypatch) -> None:
+    manifest = prepare(SMALL, tmp_path)
+    stamp = manifest.stat().st_mtime_ns
+    monkeypatch.setattr(syn, "GENERATOR_VERSION", syn.GENERATOR_VERSION + 1)
+    prepare(SMALL, tmp_path)
+    assert manifest.stat().st_mtime_ns != stamp
+    assert json.loads((tmp_path / syn.PARAMS_FILE).read_text())["generator_version"] == (
+        syn.GENERATOR_VERSION
+    )

@@ -33,6 +33,9 @@ from spatialspec.data.io import write_png
 from spatialspec.data.manifest import write_manifest
 
 PARAMS_FILE = "synthetic.json"
+#: Bumped whenever the drawing code changes, so ``prepare`` never reuses images of an older one.
+GENERATOR_VERSION = 2
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -211,8 +214,7 @@ def draw_sample(
             box = (rows.min(), cols.min(), rows.max(), cols.max())
             if not (~keep_out[box[0] : box[2] + 1, box[1] : box[3] + 1]).any():
                 box = None
-        tube_lung = lung if (label or rng.uniform() < 0.5) else lungs[1 - side]
-        start, tip = _tube_endpoints(rng, tube_lung, box, size, ~keep_out)
+        start, tip = _tube_endpoints(rng, lung, box, size, ~keep_out)
         tube = _tube(size, start, tip, bend=rng.uniform(-0.25, 0.25)) * (~keep_out)
         tube_mask = tube > 0.5
         image = image + cfg.spurious_contrast * tube
@@ -233,7 +235,7 @@ def _split_cells(cfg: SyntheticConfig) -> Iterator[tuple[str, int, int, int]]:
         corr = 0.5 if (split == "test" and cfg.balanced_test) else cfg.correlation
         cells = cell_counts(n, cfg.prevalence, corr)
         pairs = [cell for cell, count in cells.items() for _ in range(count)]
-        order = np.random.default_rng([cfg.seed, len(split), n]).permutation(len(pairs))
+        order = np.random.default_rng([cfg.seed, SPLIT_IDS[split], n]).permutation(len(pairs))
         for i, k in enumerate(order):
             yield split, i, pairs[k][0], pairs[k][1]
 
@@ -255,11 +257,10 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
     from tqdm.auto import tqdm
 
     out = Path(out)
-    split_ids = {"train": 0, "val": 1, "test": 2}
     rows = []
     items = list(_split_cells(cfg))
     for split, i, label, spur in tqdm(items, desc="synthetic", disable=not progress):
-        rng = np.random.default_rng([cfg.seed, split_ids[split], i])
+        rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], i])
         sample = draw_sample(rng, cfg, label, spur)
         image_id = f"{split}_{i:05d}"
         write_png(out / "images" / f"{image_id}.png", np.round(sample.image * 255).astype(np.uint8))
@@ -285,8 +286,12 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
         )
     manifest = pd.DataFrame(rows)
     write_manifest(manifest, out / "manifest.csv")
-    _write_json(out / PARAMS_FILE, asdict(cfg))
+    _write_json(out / PARAMS_FILE, _params(cfg))
     return manifest
+
+
+def _params(cfg: SyntheticConfig) -> dict:
+    return {**asdict(cfg), "generator_version": GENERATOR_VERSION}
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -308,7 +313,7 @@ def prepare(cfg: SyntheticConfig, out: str | Path, *, force: bool = False) -> Pa
     out = Path(out)
     manifest, params = out / "manifest.csv", out / PARAMS_FILE
     fresh = not force and manifest.exists() and params.exists()
-    if fresh and json.loads(params.read_text()) == asdict(cfg):
+    if fresh and json.loads(params.read_text()) == _params(cfg):
         return manifest
     if out.exists() and any(out.iterdir()) and not params.exists():
         raise FileExistsError(

@@ -273,3 +273,16 @@ def test_dense_loss_keeps_the_graph_when_one_term_is_empty(dense: SpatialMethod)
         assert loss.requires_grad
         loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dense.parameters())
+
+
+def test_unfetchable_pretrained_weights_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from spatialspec.models import SpatialNet
+
+    # offline mode (read at import, so patch the constant): fail at once instead of retrying
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = BackboneConfig(encoder_name="resnet18", encoder_weights="imagenet", encoder_depth=5)
+    with pytest.raises(RuntimeError, match=r"could not fetch 'imagenet' weights for encoder "
+                       r"'resnet18'.*encoder_weights=null"):  # fmt: skip
+        SpatialNet(cfg, image_head=True, dense=False)

@@ -21,8 +21,8 @@ class BackboneConfig:
     Attributes:
         encoder_name: Any smp encoder name (``resnet50``, ``resnet18``, ``tu-<timm name>``...).
         in_channels: 1 (grey) or 3 (RGB).
-        encoder_weights: Pretrained weights name (e.g. ``imagenet``) or None. Weights are fetched
-            over the network by smp; offline runs must keep None or pre-fill the torch cache.
+        encoder_weights: Pretrained weights name (e.g. ``imagenet``) or None. smp fetches weights
+            from the Hugging Face hub; offline runs keep None or pre-fill that cache.
         encoder_depth: Number of encoder stages (3-5); input sides must divide 2**depth.
         decoder_channels: U-Net decoder widths, one per stage (length == encoder_depth).
         dropout: Dropout before the image-level linear head.
@@ -69,8 +69,9 @@ def _build_unet(cfg: BackboneConfig, image_head: bool) -> smp.Unet:
     except OSError as err:  # URLError, ConnectionError, ... while fetching weights
         raise RuntimeError(
             f"could not fetch {cfg.encoder_weights!r} weights for encoder {cfg.encoder_name!r} "
-            f"({err}). Offline? Set model.backbone.encoder_weights=null, or put the weights in "
-            "the torch hub cache beforehand."
+            f"({err}). Offline? Set model.backbone.encoder_weights=null, or fetch the weights "
+            "once on a machine with network access (smp caches them in the Hugging Face hub "
+            "cache, HF_HOME) and copy that cache here."
         ) from err
 
 

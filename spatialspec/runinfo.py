@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from spatialspec.data.io import atomic_open
 
 PACKAGES = (
     "spatialspec", "torch", "torchvision", "lightning", "torchmetrics",
@@ -61,33 +61,14 @@ def run_metadata(**extra: Any) -> dict[str, Any]:
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     """Write JSON via a temp file in the same folder + rename; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write text via a temp file in the same folder + rename; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def _json_default(obj: Any) -> Any:

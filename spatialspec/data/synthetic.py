@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from spatialspec.data.io import write_png
 from spatialspec.data.manifest import write_manifest
+from spatialspec.runinfo import write_json_atomic
 
 PARAMS_FILE = "synthetic.json"
 #: Bumped whenever the drawing code changes, so ``prepare`` never reuses images of an older one.
@@ -286,18 +287,12 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
         )
     manifest = pd.DataFrame(rows)
     write_manifest(manifest, out / "manifest.csv")
-    _write_json(out / PARAMS_FILE, _params(cfg))
+    write_json_atomic(out / PARAMS_FILE, _params(cfg))
     return manifest
 
 
 def _params(cfg: SyntheticConfig) -> dict:
     return {**asdict(cfg), "generator_version": GENERATOR_VERSION}
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
 
 
 def prepare(cfg: SyntheticConfig, out: str | Path, *, force: bool = False) -> Path:

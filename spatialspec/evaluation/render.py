@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spatialspec.data.io import atomic_open
 from spatialspec.runinfo import write_text_atomic
 
 
@@ -94,10 +95,7 @@ def plot_methods(reports: dict[str, dict[str, Any]], path: str | Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Spatial specificity vs. the shortcut", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

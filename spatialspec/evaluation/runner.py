@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spatialspec.data.io import atomic_open
 from spatialspec.evaluation.predict import datamodule_for, load_checkpoint, predict_splits
 from spatialspec.evaluation.report import evaluate_frames
 from spatialspec.runinfo import run_metadata, write_json_atomic
@@ -36,10 +37,8 @@ def evaluate_checkpoint(
     splits = ("val", split) if split != "val" else ("val",)
     preds = predict_splits(method, data, splits, accelerator=accelerator, progress=progress)
     pred_file = predictions_path(out)
-    pred_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pred_file.with_name(f".{pred_file.name}.tmp")
-    preds.to_csv(tmp, index=False)
-    tmp.replace(pred_file)
+    with atomic_open(pred_file, "w", newline="") as fh:
+        preds.to_csv(fh, index=False)
     report = evaluate_frames(
         preds, data.frame, split, source=str(checkpoint), n_resamples=n_resamples, seed=seed
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spatialspec.data.synthetic import SyntheticConfig, prepare
-from spatialspec.evaluation.render import methods_table, plot_methods, write_markdown
+from spatialspec.evaluation.render import format_ci, methods_table, plot_methods, write_markdown
 from spatialspec.evaluation.runner import evaluate_checkpoint
 from spatialspec.runinfo import run_metadata, write_json_atomic, write_text_atomic
 from spatialspec.training import fit
@@ -62,15 +62,11 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> dict[str, bool]:
     return {name: bool(check(summary)) for name, check in TARGETS.items()}
 
 
-def _with_ci(entry: dict[str, Any], key: str) -> str:
-    lo, hi = entry[f"{key}_ci"]
-    return f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _print_table(summary: dict[str, dict[str, Any]]) -> None:
     print(f"\n{'method':<8} {'robust AUROC [95% CI]':<28} {'AUROC [95% CI]':<28}")
     for name, r in summary.items():
-        rob, auc = _with_ci(r, "robust_auroc"), _with_ci(r, "auroc")
+        rob = format_ci(r["robust_auroc"], r["robust_auroc_ci"])
+        auc = format_ci(r["auroc"], r["auroc_ci"])
         print(f"{name:<8} {rob:<28} {auc:<28}")
 
 

@@ -247,3 +247,39 @@ def test_empty_split_error_names_the_manifest(custom_manifest: Path) -> None:
         dm.val_dataloader()
     with pytest.raises(ValueError, match="split 'test' has no rows"):
         dm.predict_loader("test")
+
+
+def _augmented_stream(dm: SpatialDataModule, workers: int, n: int = 8) -> list[torch.Tensor]:
+    torch.manual_seed(0)  # fixes the loader's base seed, hence each worker's seed
+    loader = dm.train_dataloader()
+    loader = torch.utils.data.DataLoader(
+        loader.dataset, batch_size=1, num_workers=workers, worker_init_fn=loader.worker_init_fn
+    )
+    return [batch["image"][0] for _, batch in zip(range(n), loader, strict=False)]
+
+
+def test_training_augmentations_follow_the_torch_seed(tiny_synthetic: Path) -> None:
+    """albumentations ignores global seeds: the datamodule seeds it from torch's generator."""
+    dm = SpatialDataModule(str(tiny_synthetic), image_size=64, batch_size=4)
+
+    def first_samples(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        ds = dm.dataset("train", train=True)
+        return torch.stack([ds[0]["image"] for _ in range(6)])  # same image, 6 draws
+
+    assert torch.equal(first_samples(0), first_samples(0))
+    assert not torch.equal(first_samples(0), first_samples(1))
+
+
+def test_each_worker_draws_its_own_augmentations(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """Without per-worker reseeding, both workers would copy one albumentations random state
+    and augment the same image identically."""
+    frame = load_manifest(tiny_synthetic)
+    same = pd.concat([frame[frame["split"] == "train"].iloc[[0]]] * 8, ignore_index=True)
+    same["image_id"] = [f"copy{i}" for i in range(8)]
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(same, manifest)
+    dm = SpatialDataModule(str(manifest), image_size=64, batch_size=1, num_workers=2)
+    stream = _augmented_stream(dm, workers=2)
+    worker0, worker1 = stream[0::2], stream[1::2]  # loaders alternate between workers
+    assert any(not torch.equal(a, b) for a, b in zip(worker0, worker1, strict=True))

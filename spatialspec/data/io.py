@@ -177,7 +177,7 @@ def _pillow_to_float(img: Image.Image) -> np.ndarray:
 
 
 def _scale_int(arr: np.ndarray, maximum: int) -> np.ndarray:
-    return (arr.astype(np.float32) / np.float32(maximum)).astype(np.float32)
+    return arr.astype(np.float32) / np.float32(maximum)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -311,7 +311,10 @@ def _read_mask_values(path: Path) -> np.ndarray:
 def _check_mask_values(path: Path, arr: np.ndarray) -> None:
     if arr.dtype == np.bool_:
         return
-    present = {int(v) for v in np.unique(arr)}
+    if arr.dtype == np.uint8:  # the common case: count the 256 values, no sort (np.unique sorts)
+        present = {int(v) for v in np.flatnonzero(np.bincount(arr.ravel(), minlength=256))}
+    else:
+        present = {int(v) for v in np.unique(arr)}
     allowed = [{0, 255}, {0, 1}, {0, 65535}] if arr.dtype.itemsize > 1 else [{0, 255}, {0, 1}]
     if any(present <= ok for ok in allowed):
         return

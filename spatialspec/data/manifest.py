@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialspec._text import first_few
 from spatialspec.data.io import atomic_open
 
 __all__ = [
@@ -54,7 +55,6 @@ PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "spurious_mask_path"
 
 _BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 _INT_COLUMNS = ("label", "spurious", "mask_available")
-_MAX_SHOWN_ROWS = 5
 _ENCODING = "utf-8-sig"
 
 
@@ -198,11 +198,7 @@ class _Validator:
             self.problems.append(f"{self.path}: {what} at {self._rows(bad, show)}{note}")
 
     def _rows(self, bad: np.ndarray, show: str | None) -> str:
-        idx = np.flatnonzero(bad)
-        text = ", ".join(self._row(i, show) for i in idx[:_MAX_SHOWN_ROWS])
-        if len(idx) > _MAX_SHOWN_ROWS:
-            text += f" ... and {len(idx) - _MAX_SHOWN_ROWS} more ({len(idx)} rows in total)"
-        return text
+        return first_few([self._row(i, show) for i in np.flatnonzero(bad)])
 
     def _row(self, i: int, show: str | None) -> str:
         details = []
@@ -234,11 +230,8 @@ class _Validator:
         self._flag(ids == "", "image_id is empty")
         dup = ids.duplicated(keep=False).to_numpy() & (ids != "").to_numpy()
         if dup.any():
-            values = list(dict.fromkeys(ids[dup]))
-            shown = ", ".join(repr(v) for v in values[:_MAX_SHOWN_ROWS])
-            extra = len(values) - _MAX_SHOWN_ROWS
-            more = f" and {extra} more" if extra > 0 else ""
-            self._flag(dup, f"duplicate image_id value(s) {shown}{more}")
+            values = [repr(v) for v in dict.fromkeys(ids[dup])]
+            self._flag(dup, f"duplicate image_id value(s) {first_few(values, 'values')}")
 
     def _check_binary(self, col: str, *, allow_empty: bool) -> None:
         if col not in self.raw.columns:

@@ -9,7 +9,8 @@ from spatialspec.data.io import atomic_open
 from spatialspec.runinfo import write_text_atomic
 
 
-def _ci(value: float, ci: list[float]) -> str:
+def format_ci(value: float, ci: list[float]) -> str:
+    """``0.931 [0.895, 0.961]``."""
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
@@ -21,10 +22,10 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
         "",
         f"- split: `{report['split']}`, n = {report['n']} "
         f"({report['n_positive']} positive, {report['n_negative']} negative)",
-        f"- robust AUROC: **{_ci(report['robust_auroc'], report['robust_auroc_ci'])}** "
+        f"- robust AUROC: **{format_ci(report['robust_auroc'], report['robust_auroc_ci'])}** "
         f"over {report['n_robust']} images (positives without + negatives with the spurious "
         "feature)",
-        f"- AUROC: {_ci(report['auroc'], report['auroc_ci'])}",
+        f"- AUROC: {format_ci(report['auroc'], report['auroc_ci'])}",
         f"- threshold {report['threshold']:.3f} ({report['threshold_source']}): accuracy "
         f"{report['accuracy']:.3f}, worst-group accuracy {_fmt(report['worst_group_accuracy'])}",
     ]
@@ -64,8 +65,8 @@ def methods_table(reports: dict[str, dict[str, Any]]) -> str:
     ]
     for name, r in reports.items():
         lines.append(
-            f"| {name} | {_ci(r['robust_auroc'], r['robust_auroc_ci'])} | "
-            f"{_ci(r['auroc'], r['auroc_ci'])} | {_fmt(r['worst_group_accuracy'])} | "
+            f"| {name} | {format_ci(r['robust_auroc'], r['robust_auroc_ci'])} | "
+            f"{format_ci(r['auroc'], r['auroc_ci'])} | {_fmt(r['worst_group_accuracy'])} | "
             f"{r['n_robust']} |"
         )
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialspec._text import first_few
 from spatialspec.data.manifest import load_manifest
 from spatialspec.metrics import auroc, bootstrap_ci, robust_auroc, robust_subgroup_mask
 from spatialspec.runinfo import run_metadata, write_json_atomic
@@ -29,10 +30,8 @@ class PredictionsError(ValueError):
     """A predictions CSV is malformed or does not match the manifest."""
 
 
-def _rows(lines: np.ndarray, ids: pd.Series, limit: int = 5) -> str:
-    shown = ", ".join(f"line {ln} ({i})" for ln, i in zip(lines[:limit], ids[:limit], strict=False))
-    more = len(lines) - limit
-    return shown + (f" ... and {more} more ({len(lines)} rows in total)" if more > 0 else "")
+def _rows(lines: np.ndarray, ids: pd.Series) -> str:
+    return first_few([f"line {ln} ({i})" for ln, i in zip(lines, ids, strict=True)])
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -151,9 +150,9 @@ def _join(
     missing = merged["score"].isna().to_numpy()
     if missing.any():
         ids = merged["image_id"][missing].tolist()
-        shown = ", ".join(ids[:5]) + (f" ... and {len(ids) - 5} more" if len(ids) > 5 else "")
         raise PredictionsError(
-            f"{source}: {len(ids)} of {len(part)} {split} images have no prediction: {shown}"
+            f"{source}: {len(ids)} of {len(part)} {split} images have no prediction: "
+            f"{first_few(ids, 'images')}"
         )
     return merged
 

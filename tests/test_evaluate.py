@@ -55,26 +55,29 @@ def test_read_predictions_keeps_extra_columns_and_string_ids(tmp_path: Path) -> 
     assert frame["split"].tolist() == ["test", "val"]
 
 
-def test_read_predictions_missing_column(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ("image_id,prob\na,0.5\n",
+         ["missing column(s) ['score']", "found ['image_id', 'prob']"]),
+        *[(f"image_id,score\na,0.1\nb,0.2\nc,{bad}\nd,0.4\n",
+           ["score is not a finite number on line 4 (c)"]) for bad in ("abc", "NaN", "inf", "")],
+        ("image_id,score\na,0.1\nb,0.2\na,0.3\n",
+         ["duplicate image_id on line 2 (a), line 4 (a)"]),
+    ],
+    ids=["missing-column", "abc", "nan", "inf", "empty", "duplicate-ids"],
+)  # fmt: skip
+def test_read_predictions_errors_name_file_and_lines(
+    tmp_path: Path, content: str, fragments: list[str]
+) -> None:
     path = tmp_path / "preds.csv"
-    path.write_text("image_id,prob\na,0.5\n")
+    path.write_text(content)
     with pytest.raises(PredictionsError) as err:
         read_predictions(path)
     message = str(err.value)
     assert str(path) in message
-    assert "missing column(s) ['score']" in message
-    assert "found ['image_id', 'prob']" in message
-
-
-@pytest.mark.parametrize("bad", ["abc", "NaN", "inf", ""])
-def test_read_predictions_non_finite_score_names_the_line(tmp_path: Path, bad: str) -> None:
-    path = tmp_path / "preds.csv"
-    path.write_text(f"image_id,score\na,0.1\nb,0.2\nc,{bad}\nd,0.4\n")
-    with pytest.raises(PredictionsError) as err:
-        read_predictions(path)
-    message = str(err.value)
-    assert str(path) in message
-    assert "score is not a finite number on line 4 (c)" in message
+    for fragment in fragments:
+        assert fragment in message
 
 
 def test_read_predictions_lists_at_most_five_bad_lines(tmp_path: Path) -> None:
@@ -82,16 +85,6 @@ def test_read_predictions_lists_at_most_five_bad_lines(tmp_path: Path) -> None:
     path.write_text("image_id,score\n" + "".join(f"x{i},abc\n" for i in range(7)))
     with pytest.raises(PredictionsError, match=re.escape("... and 2 more (7 rows in total)")):
         read_predictions(path)
-
-
-def test_read_predictions_duplicate_ids(tmp_path: Path) -> None:
-    path = tmp_path / "preds.csv"
-    path.write_text("image_id,score\na,0.1\nb,0.2\na,0.3\n")
-    with pytest.raises(PredictionsError) as err:
-        read_predictions(path)
-    message = str(err.value)
-    assert str(path) in message
-    assert "duplicate image_id on line 2 (a), line 4 (a)" in message
 
 
 def test_read_predictions_missing_file(tmp_path: Path) -> None:

@@ -37,6 +37,38 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--pathology-contrast", type=float, default=d.pathology_contrast)
     s.add_argument("--spurious-contrast", type=float, default=d.spurious_contrast)
     s.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    _siim_parser(kinds)
+    _isic_parser(kinds)
+
+
+def _siim_parser(kinds: argparse._SubParsersAction) -> None:
+    s = kinds.add_parser("siim", help="SIIM-ACR pneumothorax (DICOM tree + RLE label CSV)")
+    s.add_argument("--root", required=True, help="folder searched recursively for *.dcm")
+    s.add_argument("--rle-csv", required=True, help="train-rle.csv (gzip accepted)")
+    s.add_argument(
+        "--tube-labels", help="chest-tube labels: cxr_tube_dict.pkl or CSV image_id,tube"
+    )
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="split seed")
+    s.add_argument("--val-fraction", type=float, default=0.5,
+                   help="share of tube-labelled patients in val (the rest: test)")  # fmt: skip
+    s.add_argument("--strict", action="store_true", help="fail instead of skipping any item")
+    s.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="read DICOM headers only (skip decoding every image)")  # fmt: skip
+    s.add_argument("--workers", type=int, default=2, help="reader/writer threads")
+
+
+def _isic_parser(kinds: argparse._SubParsersAction) -> None:
+    s = kinds.add_parser("isic", help="ISIC 2018 Task 1/2 with the Bissoto et al. trap sets")
+    s.add_argument("--root", required=True,
+                   help="folder with ISIC2018_Task1-2_Training_Input/ and "
+                        "ISIC2018_Task1_Training_GroundTruth/")  # fmt: skip
+    s.add_argument("--trap-sets", required=True, help="folder of isic_annotated_*{K}.csv")
+    s.add_argument("--seed", type=int, required=True, help="trap-set split K in 1..5")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--paper-splits", action="store_true",
+                   help="keep val images in train too, as the original CSVs do")  # fmt: skip
+    s.add_argument("--strict", action="store_true", help="fail instead of skipping any item")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
+    if args.dataset == "siim":
+        from spatialspec.data.siim import prepare_siim
+
+        summary = prepare_siim(
+            args.root, args.rle_csv, args.out, tube_labels=args.tube_labels, seed=args.seed,
+            val_fraction=args.val_fraction, strict=args.strict, verify=args.verify,
+            workers=args.workers,
+        )  # fmt: skip
+        _print_summary(args.out, summary)
+        return
+    if args.dataset == "isic":
+        from spatialspec.data.isic import prepare_isic
+
+        summary = prepare_isic(
+            args.root, args.trap_sets, args.seed, args.out,
+            paper_splits=args.paper_splits, strict=args.strict,
+        )  # fmt: skip
+        _print_summary(args.out, summary)
+        return
+    _prepare_synthetic(args)
+
+
+def _print_summary(out: str, summary: dict) -> None:
+    """One line per split, then the skips by reason."""
+    print(f"manifest: {Path(out) / 'manifest.csv'}  ({summary['n_images']} images)")
+    for split, counts in summary.get("splits", {}).items():
+        detail = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int))
+        print(f"  {split}: {detail}")
+    skipped = summary.get("skipped_counts", {})
+    if skipped:
+        print("skipped: " + "; ".join(f"{n} {reason}" for reason, n in skipped.items()))
+    print(f"summary: {Path(out) / 'summary.json'}")
+
+
+def _prepare_synthetic(args: argparse.Namespace) -> None:
     from spatialspec.data.manifest import load_manifest
     from spatialspec.data.synthetic import SyntheticConfig, prepare, robust_subgroup_sizes
 

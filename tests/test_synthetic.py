@@ -266,7 +266,7 @@ def test_prepare_regeneration_leaves_no_stale_files(tmp_path: Path) -> None:
 
 def test_prepare_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a synthetic benchmark folder"):
+    with pytest.raises(FileExistsError, match="not a folder this command wrote"):
         prepare(SMALL, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 

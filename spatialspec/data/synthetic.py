@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from spatialspec.data.folders import staged_folder
 from spatialspec.data.io import write_png
 from spatialspec.data.manifest import write_manifest
 from spatialspec.runinfo import write_json_atomic
@@ -310,23 +309,8 @@ def prepare(cfg: SyntheticConfig, out: str | Path, *, force: bool = False) -> Pa
     fresh = not force and manifest.exists() and params.exists()
     if fresh and json.loads(params.read_text()) == _params(cfg):
         return manifest
-    if out.exists() and any(out.iterdir()) and not params.exists():
-        raise FileExistsError(
-            f"{out} is not empty and holds no {PARAMS_FILE}: not a synthetic benchmark folder, "
-            "refusing to replace it; choose another --out"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
+    with staged_folder(out, PARAMS_FILE) as staging:
         generate(cfg, staging)
-        old = out.with_name(f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -9,8 +9,10 @@ from spatialspec.data.io import atomic_open
 from spatialspec.runinfo import write_text_atomic
 
 
-def format_ci(value: float, ci: list[float]) -> str:
-    """``0.931 [0.895, 0.961]``."""
+def format_ci(value: float | None, ci: list[float | None]) -> str:
+    """``0.931 [0.895, 0.961]``; ``–`` when the metric is undefined (e.g. an empty subgroup)."""
+    if value is None:
+        return "–"
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
@@ -25,7 +27,7 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
         f"- robust AUROC: **{format_ci(report['robust_auroc'], report['robust_auroc_ci'])}** "
         f"over {report['n_robust']} images (positives without + negatives with the spurious "
         "feature)",
-        f"- AUROC: {format_ci(report['auroc'], report['auroc_ci'])}",
+        f"- {_auroc_name(report)}: {format_ci(report['auroc'], report['auroc_ci'])}",
         f"- threshold {report['threshold']:.3f} ({report['threshold_source']}): accuracy "
         f"{report['accuracy']:.3f}, worst-group accuracy {_fmt(report['worst_group_accuracy'])}",
     ]
@@ -38,6 +40,7 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
             f"| {name.replace('_', ' ')} | {g['n']} | {_fmt(g['mean_score'])} | "
             f"{_fmt(g['accuracy'])} |"
         )
+    lines += _attribute_lines(report.get("attributes", {}))
     b = report["bootstrap"]
     lines += [
         "",
@@ -46,6 +49,31 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
     if meta:
         lines.append(f"git commit `{meta.get('git_commit')}`, created {meta.get('created')}.")
     return "\n".join(lines) + "\n"
+
+
+def _auroc_name(report: dict[str, Any]) -> str:
+    if report.get("dataset") == "isic" and report.get("split") == "test":
+        return "trap-test AUROC (the paper's ISIC figure: correlations reversed vs train)"
+    return "AUROC"
+
+
+def _attribute_lines(attributes: dict[str, dict[str, Any]]) -> list[str]:
+    """Robust AUROC with each annotated attribute as the spurious feature."""
+    if not attributes:
+        return []
+    lines = [
+        "",
+        "Robust AUROC per attribute (positives without it + negatives with it):",
+        "",
+        "| attribute | n with | positives without | negatives with | robust AUROC [95 % CI] |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, a in attributes.items():
+        lines.append(
+            f"| {name} | {a['n_with']} | {a['positives_without']} | {a['negatives_with']} | "
+            f"{format_ci(a['robust_auroc'], a['robust_auroc_ci'])} |"
+        )
+    return lines
 
 
 def _fmt(value: float | None) -> str:

@@ -119,17 +119,14 @@ def build_report(
     groups = subgroup_stats(scores, labels, spurious, threshold)
     known_accs = [g["accuracy"] for k, g in groups.items() if k in SUBGROUPS and g["n"]]
     boot = {"n_resamples": n_resamples, "alpha": alpha, "seed": seed}
+    robust = _robust(scores, labels, spurious, boot)
     report = {
         "n": len(scores),
         "n_positive": int(labels.sum()),
         "n_negative": int((labels == 0).sum()),
         "auroc": auroc(scores, labels),
         "auroc_ci": list(bootstrap_ci(scores, labels, metric="auroc", **boot)),
-        "n_robust": int(robust_subgroup_mask(labels, spurious).sum()),
-        "robust_auroc": robust_auroc(scores, labels, spurious),
-        "robust_auroc_ci": list(
-            bootstrap_ci(scores, labels, spurious, metric="robust_auroc", **boot)
-        ),
+        **robust,
         "threshold": float(threshold),
         "threshold_source": threshold_source,
         "accuracy": float(((scores >= threshold).astype(int) == labels).mean()),
@@ -138,6 +135,66 @@ def build_report(
         "bootstrap": {**boot, "method": "percentile; resampled within each class"},
     }
     return report
+
+
+def _robust(
+    scores: np.ndarray, labels: np.ndarray, attribute: np.ndarray, boot: dict[str, Any]
+) -> dict[str, Any]:
+    """Robust AUROC + CI w.r.t. one attribute; None where a robust subgroup is empty."""
+    n_robust = int(robust_subgroup_mask(labels, attribute).sum())
+    value = robust_auroc(scores, labels, attribute, on_single_class="nan")
+    if np.isnan(value):
+        return {"n_robust": n_robust, "robust_auroc": None, "robust_auroc_ci": [None, None]}
+    ci = bootstrap_ci(scores, labels, attribute, metric="robust_auroc", **boot)
+    return {"n_robust": n_robust, "robust_auroc": value, "robust_auroc_ci": list(ci)}
+
+
+def attribute_reports(
+    frame: pd.DataFrame, attributes: list[str], *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Robust AUROC with each attribute column in turn as the spurious feature.
+
+    Args:
+        frame: Evaluated rows with ``score``, ``label`` and the attribute columns (0/1, NaN
+            where unknown).
+        attributes: Column names.
+
+    Returns:
+        Per attribute: ``n_with``, ``positives_without``, ``negatives_with``, ``n_robust``,
+        ``robust_auroc`` (None when a subgroup is empty) and ``robust_auroc_ci``.
+    """
+    boot = {"n_resamples": n_resamples, "alpha": 0.05, "seed": seed}
+    scores, labels = frame["score"].to_numpy(float), frame["label"].to_numpy(int)
+    out: dict[str, dict[str, Any]] = {}
+    for name in attributes:
+        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(float)
+        out[name] = {
+            "n_with": int((values == 1).sum()),
+            "positives_without": int(((labels == 1) & (values == 0)).sum()),
+            "negatives_with": int(((labels == 0) & (values == 1)).sum()),
+            **_robust(scores, labels, values, boot),
+        }
+    return out
+
+
+def dataset_info(manifest: str | Path) -> dict[str, Any]:
+    """``dataset`` and ``attribute_columns`` from the ``summary.json`` beside a manifest.
+
+    ``spatialspec prepare`` writes that file; a hand-made manifest without it has neither.
+    """
+    path = Path(manifest).with_name("summary.json")
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    return {
+        "dataset": summary.get("dataset"),
+        "attribute_columns": list(summary.get("attribute_columns", [])),
+    }
 
 
 def _join(
@@ -165,8 +222,13 @@ def evaluate_frames(
     source: str = "predictions",
     n_resamples: int = 1000,
     seed: int = 0,
+    attributes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Report for ``split``; the threshold comes from val predictions when they are present."""
+    """Report for ``split``; the threshold comes from val predictions when they are present.
+
+    ``attributes`` (manifest columns) each get a robust AUROC of their own under
+    ``report["attributes"]``; ``spurious`` itself is the headline and is not repeated.
+    """
     test = _join(predictions, manifest, split, source)
     threshold, src = None, ""
     val_ids = set(manifest.loc[manifest["split"] == "val", "image_id"])
@@ -185,6 +247,12 @@ def evaluate_frames(
         n_resamples=n_resamples,
         seed=seed,
     )
+    names = [a for a in (attributes or []) if a != "spurious"]
+    missing = [a for a in names if a not in test.columns]
+    if missing:
+        raise PredictionsError(f"attribute column(s) {missing} are not in the manifest")
+    if names:
+        report["attributes"] = attribute_reports(test, names, n_resamples=n_resamples, seed=seed)
     return {"split": split, **report}
 
 
@@ -201,9 +269,13 @@ def evaluate_predictions(
     """``spatialspec evaluate --predictions``: CSV of scores -> report (written to ``out``)."""
     frame = load_manifest(manifest)
     preds = read_predictions(predictions)
+    info = dataset_info(manifest)
     report = evaluate_frames(
-        preds, frame, split, source=str(predictions), n_resamples=n_resamples, seed=seed
-    )
+        preds, frame, split, source=str(predictions), n_resamples=n_resamples, seed=seed,
+        attributes=info.get("attribute_columns"),
+    )  # fmt: skip
+    if info.get("dataset"):
+        report["dataset"] = info["dataset"]
     report["metadata"] = run_metadata(
         manifest=str(Path(manifest).resolve()),
         predictions=str(Path(predictions).resolve()),

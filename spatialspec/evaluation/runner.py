@@ -7,7 +7,7 @@ from typing import Any
 
 from spatialspec.data.io import atomic_open
 from spatialspec.evaluation.predict import datamodule_for, load_checkpoint, predict_splits
-from spatialspec.evaluation.report import evaluate_frames
+from spatialspec.evaluation.report import dataset_info, evaluate_frames
 from spatialspec.runinfo import run_metadata, write_json_atomic
 
 
@@ -39,9 +39,13 @@ def evaluate_checkpoint(
     pred_file = predictions_path(out)
     with atomic_open(pred_file, "w", newline="") as fh:
         preds.to_csv(fh, index=False)
+    info = dataset_info(data.manifest_path)
     report = evaluate_frames(
-        preds, data.frame, split, source=str(checkpoint), n_resamples=n_resamples, seed=seed
-    )
+        preds, data.frame, split, source=str(checkpoint), n_resamples=n_resamples, seed=seed,
+        attributes=info.get("attribute_columns"),
+    )  # fmt: skip
+    if info.get("dataset"):
+        report["dataset"] = info["dataset"]
     hp = dict(method.hparams)
     report["metadata"] = run_metadata(
         manifest=str(Path(data.manifest_path).resolve()),

@@ -136,8 +136,11 @@ def _print_summary(out: str, summary: dict) -> None:
     """One line per split, then the skips by reason."""
     print(f"manifest: {Path(out) / 'manifest.csv'}  ({summary['n_images']} images)")
     for split, counts in summary.get("splits", {}).items():
-        detail = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int))
-        print(f"  {split}: {detail}")
+        robust = ", ".join(f"{k}={v}" for k, v in counts.get("robust_subgroups", {}).items())
+        print(
+            f"  {split}: {counts['images']} images ({counts['positive']} positive, "
+            f"{counts['negative']} negative); robust subgroups: {robust or 'none'}"
+        )
     skipped = summary.get("skipped_counts", {})
     if skipped:
         print("skipped: " + "; ".join(f"{n} {reason}" for reason, n in skipped.items()))

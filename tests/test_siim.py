@@ -273,7 +273,7 @@ def test_bad_arguments(fake: FakeSIIM, tmp_path: Path) -> None:
     with pytest.raises(SIIMError, match="is not a folder"):
         prepare_siim(tmp_path / "nope", fake.rle_csv, tmp_path / "o", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SIIMError, match="no .dcm files"):
+    with pytest.raises(SIIMError, match=r"no \.dcm files"):
         prepare_siim(tmp_path / "empty", fake.rle_csv, tmp_path / "o", progress=False)
     with pytest.raises(SIIMError, match="val_fraction"):
         _prepare(fake, tmp_path / "o", val_fraction=1.0)
@@ -303,7 +303,7 @@ def test_cli_prepare_siim(fake: FakeSIIM, tmp_path: Path, capsys: pytest.Capture
             "--tube-labels", str(fake.tube_pkl), "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "manifest:" in out and "test: images=" in out
+    assert "manifest:" in out and "negatives_with_tube=" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId, EncodedPixels\nabc, 1 2 3\n")
     argv[argv.index("--rle-csv") + 1] = str(bad)

@@ -344,3 +344,13 @@ def test_real_full_label_file_with_the_sample_images(tmp_path: Path) -> None:
     assert summary["skipped_counts"] == {"label row without a DICOM": 12047 - 10}
     with pytest.raises(SIIMError, match="--strict: 12037 items"):
         prepare_siim(siim / "sample_images", labels, tmp_path / "s", progress=False, strict=True)
+
+
+def test_jpeg_baseline_decoding_plugin_is_installed() -> None:
+    """pydicom decodes JPEG Baseline only through a plugin: Pillow, a declared dependency."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGBaseline8Bit
+
+    decoder = get_decoder(JPEGBaseline8Bit)
+    assert decoder.is_available
+    assert "pillow" in decoder.available_plugins

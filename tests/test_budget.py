@@ -1,0 +1,84 @@
+"""Annotation budgets: parsing, counts, determinism, nesting, negatives pro rata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatialspec.data.budget import apply_mask_budget, parse_budget, resolve_budget
+
+
+def _frame(n_pos: int = 40, n_neg: int = 60, n_val: int = 10) -> pd.DataFrame:
+    rows = [("train", 1)] * n_pos + [("train", 0)] * n_neg + [("val", 1)] * n_val
+    return pd.DataFrame({
+        "image_id": [f"img{i:03d}" for i in range(len(rows))],
+        "split": [s for s, _ in rows],
+        "label": [y for _, y in rows],
+        "mask_available": 1,
+    })  # fmt: skip
+
+
+def _kept(frame: pd.DataFrame, label: int) -> set[str]:
+    rows = frame[(frame.split == "train") & (frame.label == label) & (frame.mask_available == 1)]
+    return set(rows.image_id)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("all", None), (None, None), ("25", 25), (25, 25), (0, 0), ("0", 0), ("0.1", 0.1),
+     (0.25, 0.25), ("10%", 0.1), ("100%", 1.0), (1.0, 1.0), (300.0, 300)],
+)  # fmt: skip
+def test_parse_budget(value, expected) -> None:
+    assert parse_budget(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, "-3", 1.5, "150%", "lots", True, float("nan")])
+def test_parse_budget_rejects(value) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(value)
+
+
+def test_resolve_budget() -> None:
+    assert resolve_budget(None, 40) == 40
+    assert resolve_budget(0.25, 40) == 10
+    assert resolve_budget(7, 40) == 7
+    with pytest.raises(ValueError, match="exceeds the 40 annotated training positives"):
+        resolve_budget(41, 40)
+
+
+@pytest.mark.parametrize("budget", [0, 1, 10, 40, "25%", "all"])
+def test_budget_respects_the_count_and_negatives_follow_pro_rata(budget) -> None:
+    out, info = apply_mask_budget(_frame(), budget, seed=0)
+    k = resolve_budget(parse_budget(budget), 40)
+    assert len(_kept(out, 1)) == info["n_masks"] == k
+    assert len(_kept(out, 0)) == info["n_negative_masks"] == round(60 * k / 40)
+    assert (out[out.split == "val"].mask_available == 1).all()  # val never changes
+    assert out.label.equals(_frame().label)  # labels are kept
+
+
+def test_budget_zero_leaves_no_pixel_supervision_in_train() -> None:
+    out, _ = apply_mask_budget(_frame(), 0)
+    assert (out[out.split == "train"].mask_available == 0).all()
+
+
+def test_selection_is_deterministic_nested_and_seeded() -> None:
+    frame = _frame()
+    a, _ = apply_mask_budget(frame, 10, seed=3)
+    b, _ = apply_mask_budget(frame.sample(frac=1, random_state=1), 10, seed=3)  # row order
+    assert _kept(a, 1) == _kept(b, 1) and _kept(a, 0) == _kept(b, 0)
+    bigger, _ = apply_mask_budget(frame, 25, seed=3)
+    assert _kept(a, 1) < _kept(bigger, 1) and _kept(a, 0) < _kept(bigger, 0)
+    other, _ = apply_mask_budget(frame, 10, seed=4)
+    assert _kept(other, 1) != _kept(a, 1)
+
+
+def test_unannotated_rows_are_never_selected() -> None:
+    frame = _frame()
+    frame.loc[:19, "mask_available"] = 0  # 20 positives without masks
+    out, info = apply_mask_budget(frame, "all")
+    assert info["n_positives"] == 20 and len(_kept(out, 1)) == 20
+    assert (out.loc[:19, "mask_available"] == 0).all()
+    with pytest.raises(ValueError, match="exceeds the 20"):
+        apply_mask_budget(frame, 21)
+    assert np.array_equal(frame.index, out.index)

@@ -341,3 +341,12 @@ def test_robust_auroc_metric_ddp(tmp_path: Path):
     for rank in range(2):
         value = json.loads((tmp_path / f"rank{rank}.json").read_text())["value"]
         assert value == pytest.approx(expected, abs=1e-6)
+
+
+def test_robust_auroc_with_empty_robust_subgroups() -> None:
+    """Every image agrees with its attribute, or none is labelled: NaN, or a clear error."""
+    scores, labels = np.array([0.9, 0.1, 0.8]), np.array([1, 0, 1])
+    for spurious in (np.array([1, 0, 1]), np.full(3, np.nan)):
+        assert np.isnan(robust_auroc(scores, labels, spurious, on_single_class="nan"))
+        with pytest.raises(ValueError, match="needs both classes: got 0 positives, 0 negatives"):
+            robust_auroc(scores, labels, spurious)

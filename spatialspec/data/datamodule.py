@@ -1,15 +1,21 @@
-"""LightningDataModule over a manifest: split selection, transforms, loaders."""
+"""LightningDataModule over a manifest: split selection, transforms, caching, sampling, loaders."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
+from spatialspec.data.budget import apply_mask_budget, parse_budget
+from spatialspec.data.cache import ImageCache
 from spatialspec.data.dataset import ManifestDataset
 from spatialspec.data.manifest import load_manifest
-from spatialspec.data.transforms import build_transform
+from spatialspec.data.transforms import build_augmentation
 
 
 def seed_worker_transform(worker_id: int) -> None:
@@ -20,7 +26,52 @@ def seed_worker_transform(worker_id: int) -> None:
     and per epoch and follows the global seed.
     """
     info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
+    if info.dataset.transform is not None:
+        info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+class NegativeUndersampler(Sampler[int]):
+    """All positives plus a fresh random subset of the negatives every epoch, shuffled.
+
+    Epoch ``e`` uses ``min(n_neg, round(ratio * n_pos))`` negatives drawn from ``(seed, e)``
+    alone, so a run is reproducible. Lightning calls :meth:`set_epoch` before every epoch; a
+    plain loop that does not moves on to the next epoch's draw after each pass.
+
+    Args:
+        labels: Per-dataset-index label (positive: > 0.5).
+        ratio: Negatives per positive (> 0).
+        seed: Seed of the draws.
+    """
+
+    def __init__(self, labels: Sequence[float] | np.ndarray, ratio: float, seed: int = 0) -> None:
+        if not (ratio > 0 and math.isfinite(ratio)):
+            raise ValueError(f"undersample_negatives must be a positive ratio, got {ratio}")
+        labels = np.asarray(labels, dtype=float)
+        self.positives = np.flatnonzero(labels > 0.5)
+        self.negatives = np.flatnonzero(labels <= 0.5)
+        if self.positives.size == 0:
+            raise ValueError("undersample_negatives needs positives, but the split has none")
+        self.num_negatives = min(self.negatives.size, round(ratio * self.positives.size))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the draw of epoch ``epoch``."""
+        self.epoch = epoch
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """Shuffled dataset indices of epoch ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        negatives = rng.choice(self.negatives, self.num_negatives, replace=False)
+        return rng.permutation(np.concatenate([self.positives, negatives]))
+
+    def __iter__(self) -> Iterator[int]:
+        chosen = self.indices(self.epoch)
+        self.epoch += 1  # the next pass draws anew unless set_epoch says otherwise
+        return iter(chosen.tolist())
+
+    def __len__(self) -> int:
+        return self.positives.size + self.num_negatives
 
 
 class SpatialDataModule(L.LightningDataModule):
@@ -35,6 +86,19 @@ class SpatialDataModule(L.LightningDataModule):
         augment: Augment training images.
         annotation: Dense target (``mask``, ``box`` or ``label``); ``fit`` sets it from the method.
         channels: Network input channels; ``fit`` sets it from the backbone.
+        cache_dir: Folder of an on-disk cache of decoded images already resized to
+            ``image_size`` (and their masks); epochs 2+ skip decoding and resizing. It holds
+            un-augmented images, so augmentation still differs every epoch. Entries are keyed
+            by file, size, modification time and settings (stale ones are simply not used).
+        undersample_negatives: Negatives per positive in each training epoch: every epoch uses
+            all positives and a fresh random subset of ``round(r * n_pos)`` negatives (all of
+            them if fewer). Validation and test are never undersampled.
+        mask_budget: Training positives that keep their pixel annotation: a count (``300``), a
+            fraction of the annotated training positives (``0.1`` or ``"10%"``) or ``"all"``
+            (None: the manifest as it is). Negatives keep their known-empty masks in the same
+            proportion; the others train on their image label only (see
+            :mod:`spatialspec.data.budget`).
+        budget_seed: Seed of the budget's selection (nested across budgets for one seed).
     """
 
     def __init__(
@@ -47,8 +111,15 @@ class SpatialDataModule(L.LightningDataModule):
         augment: bool = True,
         annotation: str = "mask",
         channels: int = 1,
+        cache_dir: str | None = None,
+        undersample_negatives: float | None = None,
+        mask_budget: int | float | str | None = None,
+        budget_seed: int = 0,
     ) -> None:
         super().__init__()
+        r = undersample_negatives
+        if r is not None and not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"undersample_negatives must be a positive ratio or null, got {r}")
         self.manifest_path = manifest
         self.image_size = image_size
         self.batch_size = batch_size
@@ -57,13 +128,25 @@ class SpatialDataModule(L.LightningDataModule):
         self.augment = augment
         self.annotation = annotation
         self.channels = channels
+        self.cache_dir = cache_dir
+        self.undersample_negatives = undersample_negatives
+        self.mask_budget = mask_budget
+        self.budget_seed = budget_seed
+        parse_budget(mask_budget)  # fail at construction, not at the first epoch
+        #: What the budget kept (``n_masks``, ...); None without a budget.
+        self.budget_info: dict | None = None
         self._frame: pd.DataFrame | None = None
 
     @property
     def frame(self) -> pd.DataFrame:
         """The validated manifest (loaded once)."""
         if self._frame is None:
-            self._frame = load_manifest(self.manifest_path)
+            frame = load_manifest(self.manifest_path)
+            if self.mask_budget is not None:
+                frame, self.budget_info = apply_mask_budget(
+                    frame, self.mask_budget, seed=self.budget_seed
+                )
+            self._frame = frame
         return self._frame
 
     def split_frame(self, split: str) -> pd.DataFrame:
@@ -78,15 +161,34 @@ class SpatialDataModule(L.LightningDataModule):
         augment = train and self.augment
         # Drawn from torch's generator, so a seeded run augments reproducibly.
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if augment else None
-        transform = build_transform(self.image_size, augment=augment, seed=seed)
-        return ManifestDataset(self.split_frame(split), transform, self.annotation, self.channels)
+        return ManifestDataset(
+            self.split_frame(split),
+            build_augmentation(augment, seed=seed),
+            self.annotation,
+            self.channels,
+            image_size=self.image_size,
+            cache=ImageCache(self.cache_dir) if self.cache_dir else None,
+        )
+
+    def _train_sampler(self, dataset: ManifestDataset) -> NegativeUndersampler | None:
+        """The undersampling sampler of the training split, or None (plain shuffling)."""
+        if self.undersample_negatives is None:
+            return None
+        # Drawn from torch's generator (after the augmentation seed): reproducible under a seed.
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        labels = [rec["label"] for rec in dataset.records]
+        return NegativeUndersampler(labels, self.undersample_negatives, seed=seed)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train=train)
+        sampler = self._train_sampler(dataset) if train else None
+        size = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
-            self.dataset(split, train=train),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(self.split_frame(split)) > self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and size > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,

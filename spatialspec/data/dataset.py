@@ -1,26 +1,33 @@
 """Manifest rows -> dict samples with fixed keys.
 
 Keys: ``image`` (C, H, W) float, ``mask`` (1, H, W) float (the dense target: the pathology mask,
-or its filled boxes), ``label`` float, ``mask_available`` float, ``spurious`` float (-1 where
-unknown), ``image_id`` str.
+or its filled boxes; empty for negative images, so a lesion mask of a benign ISIC lesion is a
+negative target, as in the paper's malignant-vs-benign-lesion segmentation), ``label`` float,
+``mask_available`` float, ``spurious`` float (-1 where unknown), ``image_id`` str.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from spatialspec.data.boxes import box_mask
+from spatialspec.data.cache import ImageCache
 from spatialspec.data.io import read_image, read_mask
+from spatialspec.data.transforms import RESIZE_SPEC, resize_image, resize_mask
 
 ANNOTATIONS = ("label", "box", "mask")
 #: Fixed intensity normalisation: images in [0, 1] -> roughly zero mean, unit spread.
 MEAN, STD = 0.5, 0.25
+
+#: ``(image, mask)``: image (H, W, C) float32 in [0, 1]; mask (H, W) uint8, or None if unused.
+Pair = tuple[np.ndarray, np.ndarray | None]
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -37,45 +44,128 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 class ManifestDataset(Dataset):
     """Reads images and masks of manifest rows and applies a joint transform.
 
+    Only positive rows read their mask: the target of a negative image is empty whatever its
+    mask file holds.
+
     Args:
         frame: Validated manifest rows (see :func:`spatialspec.data.load_manifest`).
-        transform: Albumentations pipeline (image float32 in [0, 1], mask uint8).
+        transform: Albumentations pipeline (image float32 in [0, 1], mask uint8). With
+            ``image_size`` it only augments (:func:`~spatialspec.data.transforms.
+            build_augmentation`; None: no augmentation); without, it must also resize
+            (:func:`~spatialspec.data.transforms.build_transform`).
         annotation: Dense target to supply: ``mask``, ``box`` (filled boxes per component) or
             ``label`` (the mask is still supplied, for audits; label-only methods ignore it).
         channels: 1 or 3; images are converted as needed.
+        image_size: Side of the network input: the dataset resizes images (pixel-area
+            averaging) and masks (nearest) itself, before ``transform``.
+        cache: Optional on-disk cache of the decoded, resized, un-augmented images and masks
+            (needs ``image_size``): later epochs skip decoding and resizing, while the
+            augmentation still differs every epoch.
     """
 
     def __init__(
-        self, frame: pd.DataFrame, transform: A.Compose, annotation: str = "mask", channels: int = 1
+        self,
+        frame: pd.DataFrame,
+        transform: Callable[..., dict[str, Any]] | None,
+        annotation: str = "mask",
+        channels: int = 1,
+        image_size: int | None = None,
+        cache: ImageCache | None = None,
     ) -> None:
         if annotation not in ANNOTATIONS:
             raise ValueError(f"unknown annotation {annotation!r}; valid: {', '.join(ANNOTATIONS)}")
+        if cache is not None and image_size is None:
+            raise ValueError("an image cache needs image_size (the dataset must resize)")
+        if transform is None and image_size is None:
+            raise ValueError("without image_size, the transform must resize the images")
         cols = ["image_id", "image_path", "label", "spurious", "mask_path", "mask_available"]
         self.records = frame[cols].to_dict("records")
         self.transform = transform
         self.annotation = annotation
         self.channels = channels
+        self.image_size = image_size
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        image = to_channels(read_image(rec["image_path"]), self.channels)  # (H, W, C)
-        if rec["mask_path"]:
-            mask = read_mask(rec["mask_path"], shape=image.shape[:2]).astype(np.uint8)
-        else:
-            mask = np.zeros(image.shape[:2], np.uint8)
-        out = self.transform(image=image, mask=mask)
-        target = out["mask"] > 0
-        if self.annotation == "box":
-            target = box_mask(target)
-        spurious = rec["spurious"]
+        # A negative's target is empty: its mask (e.g. a benign ISIC lesion) is never read.
+        mask_path = rec["mask_path"] if rec["label"] and rec["mask_path"] else None
+        image, mask = self._load(rec["image_path"], mask_path)
+        if self.transform is not None:
+            targets = {"image": image} if mask is None else {"image": image, "mask": mask}
+            out = self.transform(**targets)
+            image, mask = out["image"], out.get("mask")
+        spurious = float(rec["spurious"])
         return {
-            "image": torch.from_numpy((out["image"].transpose(2, 0, 1) - MEAN) / STD).float(),
-            "mask": torch.from_numpy(target[None].astype(np.float32)),
+            "image": _normalised_tensor(image),
+            "mask": self._target(mask, image.shape[:2]),
             "label": torch.tensor(float(rec["label"])),
             "mask_available": torch.tensor(float(rec["mask_available"])),
-            "spurious": torch.tensor(-1.0 if np.isnan(spurious) else float(spurious)),
+            "spurious": torch.tensor(-1.0 if math.isnan(spurious) else spurious),
             "image_id": rec["image_id"],
         }
+
+    def _load(self, image_path: str, mask_path: str | None) -> Pair:
+        """The image (and mask) ready for ``transform``: resized if ``image_size`` is set."""
+        size = self.image_size
+        if size is None:
+            return self._decode(image_path, mask_path)
+        if self.cache is None:
+            return self._decode_resized(image_path, mask_path, size)
+        return self.cache.fetch(
+            image_path,
+            mask_path,
+            size,
+            self.channels,
+            RESIZE_SPEC,
+            lambda: self._decode_resized(image_path, mask_path, size),
+        )
+
+    def _decode(self, image_path: str, mask_path: str | None) -> Pair:
+        """Decode at full size (``transform`` resizes)."""
+        image = to_channels(read_image(image_path), self.channels)  # (H, W, C)
+        if mask_path is None:
+            return image, None
+        return image, read_mask(mask_path, shape=image.shape).view(np.uint8)  # (H, W) 0/1
+
+    def _decode_resized(self, image_path: str, mask_path: str | None, size: int) -> Pair:
+        """Decode and resize to ``size``.
+
+        RGB -> luminance happens before the resize (as in :func:`to_channels` + ``A.Resize``),
+        grey -> RGB after it (3x less work; equal up to 1 ulp of float32).
+        """
+        image = read_image(image_path)  # (H, W) or (H, W, 3)
+        mask = None if mask_path is None else read_mask(mask_path, shape=image.shape)
+        if image.ndim == 2:
+            image = image[..., None]  # (H, W, 1)
+        elif self.channels == 1:
+            image = to_channels(image, 1)  # (H, W, 3) -> (H, W, 1)
+        image = to_channels(resize_image(image, size), self.channels)  # (S, S, C)
+        if mask is not None:
+            mask = resize_mask(mask.view(np.uint8), size)  # (S, S) 0/1
+        return image, mask
+
+    def _target(self, mask: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
+        """(1, H, W) float target: the mask, or its boxes; zeros when there is no mask."""
+        if mask is None:
+            return torch.zeros((1, *shape[:2]), dtype=torch.float32)
+        target = mask > 0
+        if self.annotation == "box" and target.any():
+            target = box_mask(target)
+        return torch.from_numpy(target.view(np.uint8)[None]).to(torch.float32)  # (1, H, W)
+
+
+def _normalised_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) float image in [0, 1] -> (C, H, W) float32 tensor, (x - MEAN) / STD.
+
+    Normalises in place when the array is a float32 the pipeline owns (no extra copy).
+    """
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # a view if C == 1
+    if not chw.flags.writeable:
+        chw = chw.copy()
+    np.multiply(chw, np.float32(1 / STD), out=chw)
+    np.subtract(chw, np.float32(MEAN / STD), out=chw)
+    return torch.from_numpy(chw)

@@ -187,7 +187,9 @@ def robust_auroc(
     y = _validate_labels(labels)
     _check_lengths(scores=x, labels=y)
     mask = robust_subgroup_mask(y, spurious)
-    return auroc(x[mask], y[mask], on_single_class=on_single_class)
+    if not _check_single_class(int((y & mask).sum()), int((~y & mask).sum()), on_single_class):
+        return float("nan")  # includes empty robust subgroups (e.g. no spurious labels)
+    return auroc(x[mask], y[mask])
 
 
 # --------------------------------------------------------------------------- bootstrap

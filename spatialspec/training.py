@@ -227,6 +227,7 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
         epochs_run=trainer.current_epoch,
         global_steps=trainer.global_step,
         fit_seconds=round(time.perf_counter() - start, 2),
+        mask_budget=getattr(data, "budget_info", None),
         config=yaml.safe_load(resolved),
     )
     if trainer.is_global_zero:

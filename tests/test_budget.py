@@ -82,3 +82,28 @@ def test_unannotated_rows_are_never_selected() -> None:
     with pytest.raises(ValueError, match="exceeds the 20"):
         apply_mask_budget(frame, 21)
     assert np.array_equal(frame.index, out.index)
+
+
+def test_datamodule_applies_the_budget_to_train_only(tiny_synthetic) -> None:
+    from spatialspec.data.datamodule import SpatialDataModule
+
+    data = SpatialDataModule(str(tiny_synthetic), mask_budget="50%", budget_seed=1)
+    frame = data.frame
+    train = frame[frame.split == "train"]
+    n_pos = int((train.label == 1).sum())
+    assert data.budget_info["n_masks"] == round(n_pos / 2)
+    assert int(((train.label == 1) & (train.mask_available == 1)).sum()) == round(n_pos / 2)
+    assert (frame[frame.split != "train"].mask_available == 1).all()
+    assert SpatialDataModule(str(tiny_synthetic)).budget_info is None
+    with pytest.raises(ValueError, match="budget"):
+        SpatialDataModule(str(tiny_synthetic), mask_budget="lots")
+
+
+def test_fit_records_the_budget_in_run_json(tmp_path, quick_fit_args) -> None:
+    from spatialspec.training import fit
+
+    argv = ["--method", "seg", "--out_dir", str(tmp_path / "run"), "--data.mask_budget", "3",
+            *quick_fit_args]  # fmt: skip
+    info = fit(argv)
+    assert info["mask_budget"]["n_masks"] == 3
+    assert info["config"]["data"]["mask_budget"] == 3

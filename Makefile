@@ -26,7 +26,7 @@ help:
 	@echo "make train-seg      fit configs/\$$DATA/seg.yaml (DATA=synthetic; MANIFEST=..., ARGS=...)"
 	@echo "make train-binary / train-bbox   the same for the other methods"
 	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
-	@echo "make benchmark      training-loop overhead vs a bare PyTorch loop"
+	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s and cache speed-up"
 	@echo "make lint / format  ruff"
 
 install: $(STAMP)
@@ -64,6 +64,7 @@ evaluate: install
 
 benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/loader.py
 
 lint: install
 	$(BIN)/ruff check spatialspec tests benchmarks

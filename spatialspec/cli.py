@@ -140,6 +140,7 @@ def _print_summary(out: str, summary: dict) -> None:
         print(
             f"  {split}: {counts['images']} images ({counts['positive']} positive, "
             f"{counts['negative']} negative); robust subgroups: {robust or 'none'}"
+            + ("  <- EMPTY: training needs train and val images" if not counts["images"] else "")
         )
     skipped = summary.get("skipped_counts", {})
     if skipped:

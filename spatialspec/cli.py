@@ -1,4 +1,4 @@
-"""``spatialspec`` command line: prepare | fit | evaluate | demo.
+"""``spatialspec`` command line: prepare | fit | evaluate | compare | demo.
 
 ``fit`` takes config files and dotted overrides (``--trainer.max_epochs 3``) and is parsed by
 jsonargparse; the other commands use argparse.
@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("prepare", "fit", "evaluate", "demo")
+COMMANDS = ("prepare", "fit", "evaluate", "compare", "demo")
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +95,19 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit overrides for every method, e.g. trainer.max_epochs=2")  # fmt: skip
 
 
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    """``compare`` (lazy import: the module pulls in the evaluation stack)."""
+    from spatialspec.evaluation.compare import add_compare_parser as add
+
+    add(sub)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from spatialspec.evaluation.compare import run_compare as run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (``fit`` is parsed separately by jsonargparse)."""
     parser = argparse.ArgumentParser(
@@ -105,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prepare_parser(sub)
     sub.add_parser("fit", help="train one method: fit --config FILE [--section.key VALUE ...]")
     _evaluate_parser(sub)
+    add_compare_parser(sub)
     _demo_parser(sub)
     return parser
 
@@ -225,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_prepare(args)
         elif args.command == "evaluate":
             _run_evaluate(args)
+        elif args.command == "compare":
+            run_compare(args)
         elif args.command == "demo":
             from spatialspec.demo import run_demo
 

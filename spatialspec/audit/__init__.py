@@ -1,0 +1,1 @@
+"""Audits of trained models: ROI masking, saliency trustworthiness, shortcut-slice discovery."""

@@ -86,3 +86,22 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
     # Lightning 2.6 calls a torch pytree API that torch 2.15 deprecates (not our code).
     config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)`")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, quick_fit_args: list[str]
+) -> dict[str, Path]:
+    """Best checkpoints of seconds-long ``binary`` and ``seg`` fits on the tiny benchmark.
+
+    Barely trained: good for exercising audits and evaluation end to end, not for their numbers.
+    """
+    from spatialspec.training import fit
+
+    out = tmp_path_factory.mktemp("tiny_runs")
+    paths = {}
+    for method in ("binary", "seg"):
+        info = fit(["--method", method, "--out_dir", str(out / method), "--seed", "0",
+                    "--model.lr", "0.01", *quick_fit_args])  # fmt: skip
+        paths[method] = Path(info["best_checkpoint"] or info["last_checkpoint"])
+    return paths

@@ -1,4 +1,4 @@
-"""``spatialspec`` command line: prepare | fit | evaluate | compare | demo.
+"""``spatialspec`` command line: prepare | fit | evaluate | compare | audit | demo.
 
 ``fit`` takes config files and dotted overrides (``--trainer.max_epochs 3``) and is parsed by
 jsonargparse; the other commands use argparse.
@@ -7,13 +7,21 @@ jsonargparse; the other commands use argparse.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("prepare", "fit", "evaluate", "compare", "demo")
+COMMANDS = ("prepare", "fit", "evaluate", "compare", "audit", "demo")
+#: ``spatialspec audit <name>``: module and glue functions (imported only for ``audit``).
+AUDITS = {
+    "masking": ("spatialspec.audit.masking", "add_masking_parser", "run_masking"),
+    "saliency": ("spatialspec.audit.saliency", "add_saliency_parser", "run_saliency"),
+    "slices": ("spatialspec.audit.slices", "add_slices_parser", "run_slices"),
+}
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,8 +116,32 @@ def run_compare(args: argparse.Namespace) -> None:
     run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser (``fit`` is parsed separately by jsonargparse)."""
+def _audit_parser(sub: argparse._SubParsersAction, full: bool) -> None:
+    """``audit``; its subcommands are built only when ``full`` (they import the model stack)."""
+    p = sub.add_parser("audit", help="why does a model score what it scores: " + ", ".join(AUDITS))
+    kinds = p.add_subparsers(dest="audit", required=True, metavar="AUDIT")
+    for name, (module, add, _) in AUDITS.items():
+        if full and _available(module):
+            getattr(importlib.import_module(module), add)(kinds)
+        else:
+            kinds.add_parser(name)
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _run_audit(args: argparse.Namespace) -> None:
+    module, _, run = AUDITS[args.audit]
+    getattr(importlib.import_module(module), run)(args)
+
+
+def build_parser(audits: bool = False) -> argparse.ArgumentParser:
+    """The top-level parser (``fit`` is parsed separately by jsonargparse).
+
+    Args:
+        audits: Build the ``audit`` subcommands' own options (imports the model stack).
+    """
     parser = argparse.ArgumentParser(
         prog="spatialspec",
         description="Spatial specificity of supervision vs. spurious features.",
@@ -119,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("fit", help="train one method: fit --config FILE [--section.key VALUE ...]")
     _evaluate_parser(sub)
     add_compare_parser(sub)
+    _audit_parser(sub, audits)
     _demo_parser(sub)
     return parser
 
@@ -233,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = f"{info['monitor']}={info['best_score']}"
         print(f"best checkpoint: {info['best_checkpoint']} ({best})")
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser(audits=argv[:1] == ["audit"]).parse_args(argv)
     try:
         if args.command == "prepare":
             _run_prepare(args)
@@ -241,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_evaluate(args)
         elif args.command == "compare":
             run_compare(args)
+        elif args.command == "audit":
+            _run_audit(args)
         elif args.command == "demo":
             from spatialspec.demo import run_demo
 

@@ -1,0 +1,989 @@
+"""Domino-style slice discovery: where does the model fail, and is that the shortcut?
+
+Domino (Eyuboglu et al., *Domino: Discovering Systematic Errors with Cross-Modal Embeddings*,
+ICLR 2022) fits an *error-aware mixture model* to a model's embeddings together with the labels
+Y and the predictions Ŷ, so that each mixture component — a *slice* — is coherent both in
+embedding space and in the kind of mistake the model makes. Here:
+
+- **Embeddings** are the global-average-pooled deepest encoder features of the shared U-Net
+  encoder (the same layer for every method; dense methods may use the pooled last decoder
+  features instead, ``features="decoder"``). They are standardised, reduced by PCA to
+  ``n_components`` dimensions and whitened (:func:`reduce_embeddings`).
+- **Mixture** (:class:`ErrorAwareMixture`): ``n_slices`` components, each a diagonal Gaussian
+  over the reduced embeddings times a Bernoulli over Y times a Bernoulli over Ŷ. The Y and Ŷ
+  log-likelihood terms are multiplied by ``y_weight`` and ``y_hat_weight`` (Domino's γ and γ̂).
+  The default here is 10, not the domino package's 1: with a handful of whitened PCA dimensions,
+  each contributing O(1) nats per image, a weight of 10 makes the label and the prediction as
+  loud as the embedding, so a slice does not mix correct and wrong predictions. EM is written
+  out with numpy/scipy (log-sum-exp E-step, closed-form M-step, ``reg_covar`` added to every
+  variance, ``n_init`` seeded restarts, the best objective kept).
+- **Ŷ is soft**: the predicted probability enters as a soft Bernoulli target,
+  ``ŷ log q_k + (1 - ŷ) log(1 - q_k)``, whose M-step (responsibility-weighted mean of ŷ) is
+  exact, so EM never decreases its objective. (Domino's code uses ``log(ŷ q_k + (1-ŷ)(1-q_k))``;
+  the two agree for hard predictions.) Errors used for *ranking* are hard: a prediction is
+  wrong when ``(score >= threshold) != label``, with the threshold chosen on the val split
+  (Youden's J, as in the evaluation report) or given.
+- **Ranking**: every image goes to its most responsible component; slices are ranked by their
+  *error gap*, error rate in the slice minus the overall error rate (Domino ranks components by
+  ``|mean ŷ − mean y|``; that value is reported as ``domino_score``).
+- **Scoring against the shortcut**: where the spurious attribute is known, the anti-correlated
+  subgroup A (positives without the spurious feature ∪ negatives with it) is what a
+  shortcut-reliant model gets wrong. Each slice gets precision ``|slice ∩ A| / |slice|``, recall
+  ``|slice ∩ A| / |A|`` (over images with a known attribute), the same for the union of the
+  top-k slices, and the AUROC of its responsibility as a detector of A.
+
+Out of scope: Domino *describes* slices in words by matching them to CLIP text embeddings.
+There is no cross-modal (text) model offline here, so slices are described by their numbers and
+example images only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from spatialspec.data.io import atomic_open
+from spatialspec.runinfo import run_metadata, write_json_atomic, write_text_atomic
+
+__all__ = [
+    "DEFAULT_WEIGHT",
+    "ErrorAwareMixture",
+    "add_slices_parser",
+    "audit_slices",
+    "discover_slices",
+    "embed",
+    "fit_slices",
+    "plot_slices",
+    "rank_slices",
+    "reduce_embeddings",
+    "run_slices",
+    "slices_markdown",
+    "subgroup_overlap",
+    "write_slices",
+]
+
+#: Default γ = γ̂: weight of the label and prediction log-likelihoods (domino's package uses 1).
+DEFAULT_WEIGHT = 10.0
+#: Bernoulli parameters are kept in [EPS, 1 - EPS] so their logs stay finite.
+EPS = 1e-6
+#: How many example images of the top slice the figure shows.
+N_EXAMPLES = 8
+TEXT_NOTE = (
+    "Slice descriptions in words (Domino matches slices to CLIP text embeddings) are out of "
+    "scope offline: slices are described by their statistics and example images only."
+)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _pool(output: Any) -> torch.Tensor:
+    """(B, F) global average of a feature map (the deepest one if a list of maps)."""
+    fmap = output[-1] if isinstance(output, (list, tuple)) else output
+    return fmap.float().mean(dim=(-2, -1))
+
+
+@torch.inference_mode()
+def embed(
+    method: torch.nn.Module, images: torch.Tensor, batch_size: int = 64, features: str = "encoder"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and scores of ``images`` in one forward pass per batch.
+
+    A forward hook on the method's encoder (or decoder) catches the features that
+    ``method.score`` computes anyway.
+
+    Args:
+        method: A trained :class:`~spatialspec.methods.SpatialMethod` with a ``net``.
+        images: (N, C, S, S) network inputs.
+        batch_size: Images per forward pass.
+        features: ``"encoder"`` (pooled deepest encoder features, every method) or
+            ``"decoder"`` (pooled last decoder features, dense methods only).
+
+    Returns:
+        (N, D) float embeddings and (N,) image-level probabilities.
+    """
+    module = _feature_module(method, features)
+    caught: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: caught.append(_pool(out)))
+    device = next(method.parameters()).device
+    method.eval()
+    embeddings, scores = [], []
+    try:
+        for batch in images.split(batch_size):
+            caught.clear()
+            scores.append(method.score(batch.to(device)).float().cpu())
+            if not caught:
+                raise RuntimeError(f"method.score never ran the {features}")
+            embeddings.append(caught[-1].cpu())
+    finally:
+        handle.remove()
+    return torch.cat(embeddings).double().numpy(), torch.cat(scores).double().numpy()
+
+
+def _feature_module(method: torch.nn.Module, features: str) -> torch.nn.Module:
+    """The sub-module whose output is pooled into embeddings."""
+    if features not in ("encoder", "decoder"):
+        raise ValueError(f"features must be 'encoder' or 'decoder', got {features!r}")
+    module = getattr(method.net, features, None)
+    if module is None:
+        raise ValueError(f"this method's network has no {features}; use features='encoder'")
+    return module
+
+
+def reduce_embeddings(
+    embeddings: np.ndarray, n_components: int = 16, seed: int = 0
+) -> tuple[np.ndarray, Any]:
+    """Standardise, PCA-reduce and whiten embeddings.
+
+    Args:
+        embeddings: (N, D) features.
+        n_components: PCA dimensions (capped at ``min(N - 1, D)``).
+        seed: PCA's random state (randomised solvers only).
+
+    Returns:
+        (N, d) coordinates with unit variance per dimension, and the fitted sklearn pipeline.
+    """
+    x = np.asarray(embeddings, dtype=float)
+    d = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
+    pipe = make_pipeline(StandardScaler(), PCA(n_components=d, whiten=True, random_state=seed))
+    return pipe.fit_transform(x), pipe
+
+
+# --------------------------------------------------------------------------- mixture
+
+
+@dataclass
+class _Params:
+    """Parameters of the error-aware mixture (K components, d dimensions)."""
+
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, d)
+    variances: np.ndarray  # (K, d)
+    y_probs: np.ndarray  # (K,) P(Y = 1 | slice)
+    y_hat_probs: np.ndarray  # (K,) mean predicted probability in the slice
+
+
+def _bernoulli_log(target: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(N, K) soft Bernoulli log-likelihood of (N,) targets in [0, 1] under (K,) probabilities."""
+    t = target[:, None]
+    return t * np.log(probs)[None] + (1.0 - t) * np.log1p(-probs)[None]
+
+
+def _gaussian_log(z: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """(N, K) log densities of diagonal Gaussians."""
+    prec = 1.0 / variances
+    quad = (z**2) @ prec.T - 2.0 * z @ (means * prec).T + (means**2 * prec).sum(1)
+    return -0.5 * (z.shape[1] * np.log(2 * np.pi) + np.log(variances).sum(1) + quad)
+
+
+class ErrorAwareMixture:
+    """Domino's error-aware mixture: Gaussian(embedding) × Bernoulli(Y) × Bernoulli(Ŷ).
+
+    Maximises, by EM, the mean over images of
+    ``log Σ_k π_k N(z | μ_k, diag σ²_k) P(y | k)^γ P(ŷ | k)^γ̂`` (γ = ``y_weight``,
+    γ̂ = ``y_hat_weight``; 0 and 0 give a plain diagonal Gaussian mixture).
+
+    Args:
+        n_slices: Mixture components K.
+        y_weight: γ, weight of the label log-likelihood.
+        y_hat_weight: γ̂, weight of the (soft) prediction log-likelihood.
+        reg_covar: Added to every variance (the coordinates are whitened: unit variance).
+        max_iter: EM iterations per initialisation.
+        tol: Stop when the objective improves by less than this.
+        n_init: Initialisations; the one with the best final objective is kept.
+        init: ``"kmeans"`` (k-means++ on the embeddings with √γ·y and √γ̂·ŷ appended) or
+            ``"confusion"`` (Domino's: components tiled over the confusion-matrix cells, plus
+            ``confusion_noise`` random responsibility).
+        confusion_noise: Noise scale of the ``"confusion"`` initialisation.
+        seed: Seeds every initialisation.
+
+    Attributes:
+        weights_, means_, variances_, y_probs_, y_hat_probs_: Fitted parameters.
+        objective_: Final objective (mean weighted log-likelihood per image).
+        history_: Objective before each M-step of the kept initialisation (non-decreasing).
+        n_iter_, converged_: EM iterations and convergence of the kept initialisation.
+    """
+
+    def __init__(
+        self,
+        n_slices: int = 8,
+        *,
+        y_weight: float = DEFAULT_WEIGHT,
+        y_hat_weight: float = DEFAULT_WEIGHT,
+        reg_covar: float = 1e-3,
+        max_iter: int = 200,
+        tol: float = 1e-6,
+        n_init: int = 3,
+        init: str = "kmeans",
+        confusion_noise: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        if init not in ("kmeans", "confusion"):
+            raise ValueError(f"init must be 'kmeans' or 'confusion', got {init!r}")
+        if n_slices < 1 or n_init < 1:
+            raise ValueError("n_slices and n_init must be at least 1")
+        if y_weight < 0 or y_hat_weight < 0:
+            raise ValueError("y_weight and y_hat_weight must be non-negative")
+        self.n_slices, self.y_weight, self.y_hat_weight = n_slices, y_weight, y_hat_weight
+        self.reg_covar, self.max_iter, self.tol, self.n_init = reg_covar, max_iter, tol, n_init
+        self.init, self.confusion_noise, self.seed = init, confusion_noise, seed
+
+    # -- public ---------------------------------------------------------------------------------
+    def fit(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> ErrorAwareMixture:
+        """Fit to (N, d) coordinates, (N,) labels and (N,) predicted probabilities."""
+        z, y, y_hat = self._check(z, y, y_hat)
+        if len(z) < self.n_slices:
+            raise ValueError(f"{len(z)} images cannot fill {self.n_slices} slices")
+        rng = np.random.default_rng(self.seed)
+        best: tuple[float, _Params, list[float], bool] | None = None
+        for _ in range(self.n_init):
+            run = self._run_em(z, y, y_hat, self._initial_resp(z, y, y_hat, rng))
+            if best is None or run[0] > best[0]:
+                best = run
+        self.objective_, self._params, self.history_, self.converged_ = best
+        self.n_iter_ = len(self.history_)
+        for name, value in vars(self._params).items():
+            setattr(self, name + "_", value)
+        return self
+
+    def predict_proba(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
+        """(N, K) responsibilities P(slice | z, y, ŷ); rows sum to 1."""
+        z, y, y_hat = self._check(z, y, y_hat)
+        return np.exp(self._e_step(z, y, y_hat, self._fitted())[1])
+
+    def predict(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
+        """(N,) index of each image's most responsible component."""
+        return self.predict_proba(z, y, y_hat).argmax(axis=1)
+
+    def score(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> float:
+        """Mean weighted log-likelihood per image (the EM objective)."""
+        z, y, y_hat = self._check(z, y, y_hat)
+        return float(self._e_step(z, y, y_hat, self._fitted())[0])
+
+    # -- EM -------------------------------------------------------------------------------------
+    def _run_em(
+        self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray, resp: np.ndarray
+    ) -> tuple[float, _Params, list[float], bool]:
+        """EM from initial responsibilities: (objective, params, history, converged)."""
+        params = self._m_step(z, y, y_hat, resp)
+        history: list[float] = []
+        for _ in range(self.max_iter):
+            objective, log_resp = self._e_step(z, y, y_hat, params)
+            history.append(objective)
+            params = self._m_step(z, y, y_hat, np.exp(log_resp))
+            if len(history) > 1 and abs(history[-1] - history[-2]) < self.tol:
+                return self._e_step(z, y, y_hat, params)[0], params, history, True
+        return self._e_step(z, y, y_hat, params)[0], params, history, False
+
+    def _e_step(
+        self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray, p: _Params
+    ) -> tuple[float, np.ndarray]:
+        """Mean log normaliser (the objective) and (N, K) log responsibilities."""
+        log_prob = np.log(p.weights)[None] + _gaussian_log(z, p.means, p.variances)
+        if self.y_weight:
+            log_prob += self.y_weight * _bernoulli_log(y, p.y_probs)
+        if self.y_hat_weight:
+            log_prob += self.y_hat_weight * _bernoulli_log(y_hat, p.y_hat_probs)
+        norm = logsumexp(log_prob, axis=1)
+        return float(norm.mean()), log_prob - norm[:, None]
+
+    def _m_step(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray, resp: np.ndarray) -> _Params:
+        """Closed-form maximisers given (N, K) responsibilities."""
+        nk = resp.sum(axis=0) + 10 * np.finfo(float).eps
+        means = resp.T @ z / nk[:, None]
+        second = resp.T @ (z**2) / nk[:, None]
+        variances = np.maximum(second - means**2, 0.0) + self.reg_covar
+        return _Params(
+            weights=nk / nk.sum(),
+            means=means,
+            variances=variances,
+            y_probs=np.clip(resp.T @ y / nk, EPS, 1 - EPS),
+            y_hat_probs=np.clip(resp.T @ y_hat / nk, EPS, 1 - EPS),
+        )
+
+    # -- initialisation -------------------------------------------------------------------------
+    def _initial_resp(
+        self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """(N, K) starting responsibilities."""
+        seed = int(rng.integers(2**31 - 1))
+        if self.init == "confusion":
+            return self._confusion_resp(y, y_hat, np.random.default_rng(seed))
+        extra = [np.sqrt(self.y_weight) * y, np.sqrt(self.y_hat_weight) * y_hat]
+        x = np.column_stack([z, *extra])
+        labels = KMeans(self.n_slices, n_init=1, random_state=seed).fit(x).labels_
+        return np.eye(self.n_slices)[labels]
+
+    def _confusion_resp(
+        self, y: np.ndarray, y_hat: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Domino's start: component k belongs to confusion cell k mod 4 (+ a little noise)."""
+        cell = 2 * np.rint(y).astype(int) + (y_hat >= 0.5).astype(int)  # (N,) in 0..3
+        resp = (np.arange(self.n_slices)[None] % 4 == cell[:, None]).astype(float)
+        resp[resp.sum(axis=1) == 0] = 1.0  # fewer than 4 components: cell not covered
+        resp /= resp.sum(axis=1, keepdims=True)
+        resp += self.confusion_noise * rng.random(resp.shape)
+        return resp / resp.sum(axis=1, keepdims=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _fitted(self) -> _Params:
+        if "_params" not in self.__dict__:
+            raise RuntimeError("ErrorAwareMixture is not fitted; call fit() first")
+        return self._params
+
+    @staticmethod
+    def _check(
+        z: np.ndarray, y: np.ndarray, y_hat: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z = np.asarray(z, dtype=float)
+        y, y_hat = np.asarray(y, dtype=float).ravel(), np.asarray(y_hat, dtype=float).ravel()
+        if z.ndim != 2 or not len(z) == len(y) == len(y_hat):
+            raise ValueError(f"need (N, d), (N,), (N,); got {z.shape}, {y.shape}, {y_hat.shape}")
+        for name, arr in (("embeddings", z), ("labels", y), ("predictions", y_hat)):
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contain NaN or inf")
+        if ((y < 0) | (y > 1)).any() or ((y_hat < 0) | (y_hat > 1)).any():
+            raise ValueError("labels and predictions must lie in [0, 1]")
+        return z, y, y_hat
+
+
+def fit_slices(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    n_slices: int = 8,
+    n_components: int = 16,
+    y_weight: float = DEFAULT_WEIGHT,
+    y_hat_weight: float = DEFAULT_WEIGHT,
+    seed: int = 0,
+    **mixture_args: Any,
+) -> tuple[ErrorAwareMixture, np.ndarray, np.ndarray]:
+    """Reduce embeddings and fit the error-aware mixture.
+
+    Returns:
+        The fitted mixture, the (N, d) reduced coordinates and the (N, K) responsibilities.
+    """
+    z, _ = reduce_embeddings(embeddings, n_components, seed)
+    model = ErrorAwareMixture(
+        n_slices, y_weight=y_weight, y_hat_weight=y_hat_weight, seed=seed, **mixture_args
+    ).fit(z, labels, scores)
+    return model, z, model.predict_proba(z, labels, scores)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def subgroup_overlap(
+    members: np.ndarray, subgroup: np.ndarray, known: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Precision and recall of a slice against a subgroup, over images where it is known.
+
+    Args:
+        members: (N,) bool, in the slice.
+        subgroup: (N,) bool, in the subgroup (e.g. the anti-correlated one).
+        known: (N,) bool, subgroup membership known (default: all).
+
+    Returns:
+        ``n_slice`` and ``n_subgroup`` (known images), ``n_overlap``, ``precision`` and
+        ``recall`` (None when undefined), ``f1``.
+    """
+    known = np.ones(len(members), bool) if known is None else np.asarray(known, bool)
+    m, s = np.asarray(members, bool) & known, np.asarray(subgroup, bool) & known
+    n_slice, n_sub, n_both = int(m.sum()), int(s.sum()), int((m & s).sum())
+    precision = n_both / n_slice if n_slice else None
+    recall = n_both / n_sub if n_sub else None
+    f1 = 2 * n_both / (n_slice + n_sub) if n_slice + n_sub else None
+    return {
+        "n_slice": n_slice,
+        "n_subgroup": n_sub,
+        "n_overlap": n_both,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
+
+
+def _slice_row(
+    k: int, members: np.ndarray, labels: np.ndarray, scores: np.ndarray, wrong: np.ndarray
+) -> dict[str, Any]:
+    """Size, label mix and errors of one slice (statistics None when it is empty)."""
+    n = int(members.sum())
+    row: dict[str, Any] = {"component": k, "n": n, "fraction": n / len(members)}
+    if not n:
+        return {
+            **row,
+            "n_positive": 0,
+            "positive_rate": None,
+            "mean_score": None,
+            "error_rate": None,
+            "soft_error": None,
+        }
+    return {
+        **row,
+        "n_positive": int(labels[members].sum()),
+        "positive_rate": float(labels[members].mean()),
+        "mean_score": float(scores[members].mean()),
+        "error_rate": float(wrong[members].mean()),
+        "soft_error": float(np.abs(labels[members] - scores[members]).mean()),
+    }
+
+
+def rank_slices(
+    resp: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = 0.5,
+    subgroup: np.ndarray | None = None,
+    known: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Slices (hard assignment: argmax responsibility) ranked by error gap, largest first.
+
+    Args:
+        resp: (N, K) responsibilities.
+        labels: (N,) 0/1 labels.
+        scores: (N,) predicted probabilities.
+        threshold: A prediction is positive where ``score >= threshold``.
+        subgroup: (N,) bool subgroup to score slices against (e.g. anti-correlated), or None.
+        known: (N,) bool, where subgroup membership is known.
+
+    Returns:
+        One dict per component, with ``rank`` (1 = largest error gap; empty slices last),
+        ``error_gap``, and with a subgroup: precision/recall/F1 of the slice and of the union of
+        the slices up to it (``cumulative``), and the ``auroc`` of its responsibility.
+    """
+    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
+    wrong = (scores >= threshold).astype(int) != labels
+    assign = resp.argmax(axis=1)
+    overall = float(wrong.mean())
+    rows = [_slice_row(k, assign == k, labels, scores, wrong) for k in range(resp.shape[1])]
+    for row in rows:
+        row["error_gap"] = None if row["n"] == 0 else row["error_rate"] - overall
+    rows.sort(key=lambda r: (r["error_gap"] is None, -(r["error_gap"] or 0.0), -r["n"]))
+    union = np.zeros(len(labels), bool)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        if subgroup is not None:
+            members = assign == row["component"]
+            union |= members
+            row["subgroup"] = subgroup_overlap(members, subgroup, known)
+            row["cumulative"] = subgroup_overlap(union, subgroup, known)
+            row["auroc"] = _detector_auroc(resp[:, row["component"]], subgroup, known)
+    return rows
+
+
+def _detector_auroc(
+    resp: np.ndarray, subgroup: np.ndarray, known: np.ndarray | None
+) -> float | None:
+    """AUROC of a responsibility column as a detector of the subgroup (None: one class)."""
+    keep = np.ones(len(resp), bool) if known is None else np.asarray(known, bool)
+    target = np.asarray(subgroup, bool)[keep]
+    if target.all() or not target.any():
+        return None
+    return float(roc_auc_score(target, resp[keep]))
+
+
+def anti_correlated(labels: np.ndarray, spurious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) anti-correlated subgroup (positives without ∪ negatives with) and where known."""
+    spurious = np.asarray(spurious, float)
+    known = np.isfinite(spurious) & (spurious >= 0)
+    s = np.where(known, spurious, 0) > 0.5
+    y = np.asarray(labels, int) == 1
+    return known & ((y & ~s) | (~y & s)), known
+
+
+def discover_slices(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    spurious: np.ndarray | None = None,
+    *,
+    threshold: float = 0.5,
+    n_slices: int = 8,
+    n_components: int = 16,
+    y_weight: float = DEFAULT_WEIGHT,
+    y_hat_weight: float = DEFAULT_WEIGHT,
+    seed: int = 0,
+    **mixture_args: Any,
+) -> dict[str, Any]:
+    """Fit, rank and score slices from arrays (no model needed).
+
+    Args:
+        embeddings: (N, D) features.
+        labels: (N,) 0/1 labels.
+        scores: (N,) predicted probabilities (the soft Ŷ).
+        spurious: (N,) spurious attribute, NaN where unknown; None: not scored.
+        threshold: Decision threshold for the error rates.
+        n_slices, n_components, y_weight, y_hat_weight, seed: See :class:`ErrorAwareMixture`
+            and :func:`reduce_embeddings`.
+        **mixture_args: More :class:`ErrorAwareMixture` arguments.
+
+    Returns:
+        JSON-ready dict: ``settings``, ``overall``, ranked ``slices``, ``top_slice``,
+        ``best_slice`` (highest F1 against the anti-correlated subgroup — an oracle view), and
+        private ``_assign`` / ``_resp`` / ``_coords`` arrays (dropped from JSON).
+    """
+    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
+    model, z, resp = fit_slices(
+        embeddings,
+        labels,
+        scores,
+        n_slices=n_slices,
+        n_components=n_components,
+        y_weight=y_weight,
+        y_hat_weight=y_hat_weight,
+        seed=seed,
+        **mixture_args,
+    )
+    subgroup, known = (None, None) if spurious is None else anti_correlated(labels, spurious)
+    rows = rank_slices(resp, labels, scores, threshold, subgroup, known)
+    for row in rows:
+        k = row["component"]
+        row["domino_score"] = float(abs(model.y_hat_probs_[k] - model.y_probs_[k]))
+    wrong = (scores >= threshold).astype(int) != labels
+    result = {
+        "settings": _settings(model, z, threshold, n_components),
+        "overall": {
+            "n": len(labels),
+            "n_positive": int(labels.sum()),
+            "error_rate": float(wrong.mean()),
+            "soft_error": float(np.abs(labels - scores).mean()),
+        },
+        "subgroup": _subgroup_info(subgroup, known),
+        "slices": rows,
+        "top_slice": _slice_brief(rows[0]),
+        "best_slice": _best(rows) if subgroup is not None else None,
+    }
+    rank_of = {r["component"]: r["rank"] for r in rows}
+    result["_assign"] = np.array([rank_of[k] for k in resp.argmax(axis=1)])
+    result["_resp"], result["_coords"] = resp, z
+    return result
+
+
+def _settings(model: ErrorAwareMixture, z: np.ndarray, threshold: float, asked: int) -> dict:
+    return {
+        "n_slices": model.n_slices,
+        "n_components": int(z.shape[1]),
+        "n_components_requested": asked,
+        "y_weight": model.y_weight,
+        "y_hat_weight": model.y_hat_weight,
+        "reg_covar": model.reg_covar,
+        "n_init": model.n_init,
+        "init": model.init,
+        "seed": model.seed,
+        "threshold": float(threshold),
+        "em_iterations": model.n_iter_,
+        "em_converged": model.converged_,
+        "objective": model.objective_,
+        "y_hat": "soft (predicted probability as a Bernoulli target)",
+        "assignment": "hard (argmax responsibility)",
+        "ranking": "error gap: slice error rate at the threshold minus the overall error rate",
+    }
+
+
+def _subgroup_info(subgroup: np.ndarray | None, known: np.ndarray | None) -> dict | None:
+    if subgroup is None:
+        return None
+    return {
+        "name": "positives without the spurious feature + negatives with it",
+        "n": int(subgroup.sum()),
+        "n_known": int(known.sum()),
+    }
+
+
+def _slice_brief(row: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of one slice."""
+    keys = ("rank", "component", "n", "error_rate", "error_gap", "positive_rate", "auroc")
+    brief = {k: row.get(k) for k in keys}
+    if "subgroup" in row:
+        brief.update({k: row["subgroup"][k] for k in ("precision", "recall", "f1")})
+    return brief
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The slice with the highest F1 against the subgroup."""
+    scored = [r for r in rows if r["subgroup"]["f1"] is not None]
+    return _slice_brief(max(scored, key=lambda r: r["subgroup"]["f1"])) if scored else None
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def audit_slices(
+    checkpoint: str | Path,
+    manifest: str | Path | None = None,
+    split: str = "test",
+    n_slices: int = 8,
+    n_components: int = 16,
+    y_weight: float = DEFAULT_WEIGHT,
+    y_hat_weight: float = DEFAULT_WEIGHT,
+    limit: int | None = None,
+    seed: int = 0,
+    *,
+    threshold: float | str = "val",
+    features: str = "encoder",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Discover the slices where a checkpoint fails on ``split``.
+
+    Args:
+        checkpoint: A spatialspec checkpoint.
+        manifest: Data to audit (default: the run's own manifest).
+        split: Split to embed and slice.
+        n_slices: Mixture components (every one is a candidate slice).
+        n_components: PCA dimensions of the embeddings.
+        y_weight: γ, weight of the label term.
+        y_hat_weight: γ̂, weight of the prediction term.
+        limit: Use a seeded random subset of this many images.
+        seed: Subset, PCA and EM seed.
+        threshold: ``"val"`` (Youden's J on the val split; 0.5 if val has one class) or a
+            number.
+        features: ``"encoder"`` or ``"decoder"`` (dense methods), see :func:`embed`.
+        batch_size: Images per forward pass.
+
+    Returns:
+        :func:`discover_slices`'s dict plus ``metadata``, per-image ``images`` rows and a
+        private ``_examples`` (top slice's images) for the figure.
+    """
+    from spatialspec.audit.common import load_audit_set, load_model
+
+    method, config, data = load_model(checkpoint, manifest)
+    audit = load_audit_set(data, split, limit, seed)
+    embeddings, scores = embed(method, audit.images, batch_size, features)
+    thr, source = _threshold(threshold, method, data, batch_size)
+    result = discover_slices(
+        embeddings,
+        audit.labels,
+        scores,
+        audit.spurious,
+        threshold=thr,
+        n_slices=n_slices,
+        n_components=n_components,
+        y_weight=y_weight,
+        y_hat_weight=y_hat_weight,
+        seed=seed,
+    )
+    result["settings"].update(threshold_source=source, features=features, split=split)
+    result["settings"]["embedding_dim"] = int(embeddings.shape[1])
+    result["metadata"] = run_metadata(
+        checkpoint=str(checkpoint),
+        method=config.get("method"),
+        manifest=str(data.manifest_path),
+        split=split,
+        limit=limit,
+    )
+    result["images"] = _image_rows(result, audit.image_ids, audit.labels, scores, audit.spurious)
+    result["_examples"] = _examples(result, audit.images, audit.image_ids)
+    result["note"] = TEXT_NOTE
+    return result
+
+
+def _threshold(
+    threshold: float | str, method: torch.nn.Module, data: Any, batch_size: int
+) -> tuple[float, str]:
+    """The decision threshold and where it came from."""
+    if threshold != "val":
+        return float(threshold), "given"
+    from spatialspec.audit.common import load_audit_set
+    from spatialspec.evaluation.report import choose_threshold
+
+    val = load_audit_set(data, "val")
+    _, scores = embed(method, val.images, batch_size)
+    if len(np.unique(val.labels)) < 2:
+        return 0.5, "fixed 0.5 (val has one class)"
+    return choose_threshold(scores, val.labels), "val (Youden's J)"
+
+
+def _image_rows(
+    result: dict[str, Any],
+    ids: list[str],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    spurious: np.ndarray,
+) -> list[dict[str, Any]]:
+    """One row per image: slice rank, its responsibility, the first two PCA coordinates."""
+    resp, coords, ranks = result["_resp"], result["_coords"], result["_assign"]
+    subgroup, known = anti_correlated(labels, spurious)
+    pcs = np.pad(coords[:, :2], ((0, 0), (0, max(0, 2 - coords.shape[1]))))
+    return [
+        {
+            "image_id": ids[i],
+            "label": int(labels[i]),
+            "spurious": float(spurious[i]) if known[i] else None,
+            "score": float(scores[i]),
+            "slice": int(ranks[i]),
+            "responsibility": float(resp[i].max()),
+            "anti_correlated": bool(subgroup[i]) if known[i] else None,
+            "pc1": float(pcs[i, 0]),
+            "pc2": float(pcs[i, 1]),
+        }
+        for i in range(len(ids))
+    ]
+
+
+def _examples(result: dict[str, Any], images: torch.Tensor, ids: list[str]) -> dict[str, Any]:
+    """Up to :data:`N_EXAMPLES` images of the top slice, most responsible first."""
+    top = result["slices"][0]["component"]
+    resp = result["_resp"][:, top]
+    members = np.flatnonzero(result["_assign"] == 1)
+    chosen = members[np.argsort(-resp[members], kind="stable")][:N_EXAMPLES]
+    return {
+        "index": chosen,
+        "images": images[chosen].float().numpy(),
+        "image_ids": [ids[i] for i in chosen],
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def slices_markdown(result: dict[str, Any]) -> str:
+    """The slice report as Markdown: settings, ranked slices, the shortcut check."""
+    s, o = result["settings"], result["overall"]
+    lines = [
+        "# Slice discovery (Domino-style error-aware mixture)",
+        "",
+        f"- {o['n']} images ({o['n_positive']} positive), split `{s.get('split', '?')}`; "
+        f"overall error rate {_fmt(o['error_rate'])} at threshold {s['threshold']:.3f} "
+        f"({s.get('threshold_source', 'given')})",
+        f"- {s['n_slices']} slices over {s['n_components']} whitened PCA dimensions of the "
+        f"{s.get('features', 'encoder')} embeddings; γ (label) = {s['y_weight']:g}, "
+        f"γ̂ (prediction) = {s['y_hat_weight']:g}; EM {s['em_iterations']} iterations "
+        f"({'converged' if s['em_converged'] else 'not converged'}), {s['n_init']} inits",
+        "- ranked by error gap (slice error rate − overall error rate); Ŷ enters the mixture as "
+        "the soft predicted probability",
+        *_subgroup_lines(result),
+        "",
+        *_slice_table(result),
+        "",
+        TEXT_NOTE,
+    ]
+    meta = result.get("metadata")
+    if meta:
+        lines += [
+            "",
+            f"Checkpoint `{meta.get('checkpoint')}`, git commit "
+            f"`{meta.get('git_commit')}`, created {meta.get('created')}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _subgroup_lines(result: dict[str, Any]) -> list[str]:
+    sub = result.get("subgroup")
+    if not sub:
+        return ["- spurious attribute unknown: slices are not scored against the shortcut"]
+    top, best = result["top_slice"], result["best_slice"] or {}
+    return [
+        f"- anti-correlated subgroup A ({sub['name']}): {sub['n']} of {sub['n_known']} images "
+        "with a known attribute",
+        f"- **top slice**: precision {_fmt(top.get('precision'))}, recall "
+        f"{_fmt(top.get('recall'))} for A (AUROC of its responsibility "
+        f"{_fmt(top.get('auroc'))})",
+        f"- best-matching slice (rank {best.get('rank', '–')}, highest F1 — an oracle view): "
+        f"precision {_fmt(best.get('precision'))}, recall {_fmt(best.get('recall'))}",
+    ]
+
+
+def _slice_table(result: dict[str, Any]) -> list[str]:
+    scored = result.get("subgroup") is not None
+    head = "| rank | n | positives | mean score | error rate | error gap |"
+    rule = "|---:|---:|---:|---:|---:|---:|"
+    if scored:
+        head += " precision A | recall A | cum. recall A | AUROC A |"
+        rule += "---:|---:|---:|---:|"
+    lines = [head, rule]
+    for r in result["slices"]:
+        cells = [
+            str(r["rank"]),
+            str(r["n"]),
+            str(r["n_positive"]),
+            _fmt(r["mean_score"]),
+            _fmt(r["error_rate"]),
+            _fmt(r["error_gap"]),
+        ]
+        if scored:
+            cells += [
+                _fmt(r["subgroup"]["precision"]),
+                _fmt(r["subgroup"]["recall"]),
+                _fmt(r["cumulative"]["recall"]),
+                _fmt(r["auroc"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_slices(result: dict[str, Any], examples: dict[str, Any] | None = None) -> bytes:
+    """PNG bytes: PCA scatter coloured by slice (A circled) and the top slice's examples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_ex = 0 if examples is None else len(examples["index"])
+    fig = plt.figure(figsize=(6.5 + (3.2 if n_ex else 0), 5.0), dpi=110)
+    grid = fig.add_gridspec(4, 6 if n_ex else 4)
+    _scatter(fig.add_subplot(grid[:, :4]), result)
+    for j in range(n_ex):
+        ax = fig.add_subplot(grid[j // 2, 4 + j % 2])
+        _example(ax, examples["images"][j], result["images"][examples["index"][j]])
+    if n_ex:
+        fig.text(0.83, 0.98, "top slice, most responsible first", ha="center", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _scatter(ax: Any, result: dict[str, Any]) -> None:
+    """PC1/PC2 of the embeddings, one colour per slice rank, A circled in black."""
+    import matplotlib
+
+    rows = result.get("images") or []
+    if not rows:
+        ax.text(0.5, 0.5, "no per-image rows", ha="center", transform=ax.transAxes)
+        return
+    pc = np.array([[r["pc1"], r["pc2"]] for r in rows])
+    rank = np.array([r["slice"] for r in rows])
+    cmap = matplotlib.colormaps["tab10"]
+    for k in np.unique(rank)[::-1]:  # the top slice drawn last, on top
+        sel = rank == k
+        ax.scatter(*pc[sel].T, s=7, color=cmap((k - 1) % 10), label=f"slice {k}", alpha=0.7)
+    anti = np.array([bool(r["anti_correlated"]) for r in rows])
+    if anti.any():
+        ax.scatter(
+            *pc[anti].T,
+            s=26,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.6,
+            label="anti-correlated (A)",
+        )
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    handles, labels = ax.get_legend_handles_labels()
+    n = len(np.unique(rank))  # slices were drawn in reverse rank order
+    order = [*range(n - 1, -1, -1), *range(n, len(handles))]
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=6, loc="best")
+    ax.set_title("embeddings by slice (rank 1 = largest error gap)", fontsize=9)
+
+
+def _example(ax: Any, image: np.ndarray, row: dict[str, Any]) -> None:
+    """One example image titled with label, score and spurious attribute."""
+    img = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+    if img.ndim == 3:
+        img = (img - img.min()) / max(float(np.ptp(img)), 1e-8)
+    ax.imshow(img, cmap="gray")
+    spur = "?" if row["spurious"] is None else int(row["spurious"])
+    ax.set_title(f"y={row['label']} s={spur} p={row['score']:.2f}", fontsize=6)
+    ax.axis("off")
+
+
+def _json_ready(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def write_slices(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``slices.json``, ``slices.md`` and ``slices.png`` atomically; returns the paths."""
+    out = Path(out_dir)
+    png = out / "slices.png"
+    with atomic_open(png, "wb") as fh:
+        fh.write(plot_slices(result, result.get("_examples")))
+    return [
+        write_json_atomic(out / "slices.json", _json_ready(result)),
+        write_text_atomic(out / "slices.md", slices_markdown(result)),
+        png,
+    ]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _threshold_arg(text: str) -> float | str:
+    if text == "val":
+        return text
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected 'val' or a number, got {text!r}") from err
+
+
+def add_slices_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``slices`` to the ``audit`` subcommands; returns its parser."""
+    p = sub.add_parser("slices", help="Domino-style slice discovery: where does the model fail?")
+    p.add_argument("--checkpoint", required=True, help="a spatialspec checkpoint")
+    p.add_argument("--manifest", help="data to audit (default: the run's manifest)")
+    p.add_argument("--split", default="test", help="split to slice (default test)")
+    p.add_argument("--n-slices", type=int, default=8, help="mixture components (default 8)")
+    p.add_argument("--n-components", type=int, default=16, help="PCA dimensions (default 16)")
+    p.add_argument(
+        "--y-weight",
+        type=float,
+        default=DEFAULT_WEIGHT,
+        help="γ, weight of the label term (default 10)",
+    )
+    p.add_argument(
+        "--y-hat-weight",
+        type=float,
+        default=DEFAULT_WEIGHT,
+        help="γ̂, weight of the prediction term (default 10)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_threshold_arg,
+        default="val",
+        help="'val' (Youden's J on val, default) or a number",
+    )
+    p.add_argument(
+        "--features",
+        choices=("encoder", "decoder"),
+        default="encoder",
+        help="pooled encoder (default) or decoder features (dense methods)",
+    )
+    p.add_argument("--limit", type=int, help="a seeded random subset of this many images")
+    p.add_argument("--seed", type=int, default=0, help="subset, PCA and EM seed")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--out", required=True, help="folder for slices.json, slices.md, slices.png")
+    return p
+
+
+def run_slices(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``spatialspec audit slices``: audit, write the files, print the headline."""
+    result = audit_slices(
+        args.checkpoint,
+        args.manifest,
+        args.split,
+        args.n_slices,
+        args.n_components,
+        args.y_weight,
+        args.y_hat_weight,
+        args.limit,
+        args.seed,
+        threshold=args.threshold,
+        features=args.features,
+        batch_size=args.batch_size,
+    )
+    paths = write_slices(result, args.out)
+    top = result["top_slice"]
+    print(
+        f"top slice: n={top['n']} error rate {_fmt(top['error_rate'])} "
+        f"(gap {_fmt(top['error_gap'])}); anti-correlated precision {_fmt(top.get('precision'))}"
+        f" recall {_fmt(top.get('recall'))} -> " + ", ".join(map(str, paths))
+    )
+    return result

@@ -15,6 +15,7 @@ from spatialspec.data.budget import apply_mask_budget, parse_budget
 from spatialspec.data.cache import ImageCache
 from spatialspec.data.dataset import ManifestDataset
 from spatialspec.data.manifest import load_manifest
+from spatialspec.data.roi import check_masking
 from spatialspec.data.transforms import build_augmentation
 
 
@@ -99,6 +100,15 @@ class SpatialDataModule(L.LightningDataModule):
             proportion; the others train on their image label only (see
             :mod:`spatialspec.data.budget`).
         budget_seed: Seed of the budget's selection (nested across budgets for one seed).
+        roi_masking: Train, validate and test under a masking condition of the "Mask of
+            truth" audit: ``roi_removed``, ``roi_only`` or ``spurious_removed`` fill that
+            region of every image of every split before normalisation (None: off). See
+            :mod:`spatialspec.data.roi`; ``spatialspec audit masking`` crosses it with the
+            test conditions.
+        roi_masking_region: ``mask`` (default) or ``box``: the ROI as its mask or its filled
+            bounding boxes.
+        roi_masking_fill: ``mean`` (default; the mean intensity of the kept pixels), ``noise``
+            (Gaussian with their mean and std, fixed per image) or ``zero``.
     """
 
     def __init__(
@@ -115,8 +125,12 @@ class SpatialDataModule(L.LightningDataModule):
         undersample_negatives: float | None = None,
         mask_budget: int | float | str | None = None,
         budget_seed: int = 0,
+        roi_masking: str | None = None,
+        roi_masking_region: str = "mask",
+        roi_masking_fill: str = "mean",
     ) -> None:
         super().__init__()
+        check_masking(roi_masking, roi_masking_region, roi_masking_fill)
         r = undersample_negatives
         if r is not None and not (r > 0 and math.isfinite(r)):
             raise ValueError(f"undersample_negatives must be a positive ratio or null, got {r}")
@@ -132,6 +146,9 @@ class SpatialDataModule(L.LightningDataModule):
         self.undersample_negatives = undersample_negatives
         self.mask_budget = mask_budget
         self.budget_seed = budget_seed
+        self.roi_masking = roi_masking
+        self.roi_masking_region = roi_masking_region
+        self.roi_masking_fill = roi_masking_fill
         parse_budget(mask_budget)  # fail at construction, not at the first epoch
         #: What the budget kept (``n_masks``, ...); None without a budget.
         self.budget_info: dict | None = None
@@ -168,6 +185,9 @@ class SpatialDataModule(L.LightningDataModule):
             self.channels,
             image_size=self.image_size,
             cache=ImageCache(self.cache_dir) if self.cache_dir else None,
+            roi_masking=self.roi_masking,
+            roi_masking_region=self.roi_masking_region,
+            roi_masking_fill=self.roi_masking_fill,
         )
 
     def _train_sampler(self, dataset: ManifestDataset) -> NegativeUndersampler | None:

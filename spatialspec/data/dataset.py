@@ -20,6 +20,13 @@ from torch.utils.data import Dataset
 from spatialspec.data.boxes import box_mask
 from spatialspec.data.cache import ImageCache
 from spatialspec.data.io import read_image, read_mask
+from spatialspec.data.roi import (
+    DEFAULT_DILATE,
+    check_masking,
+    condition_region,
+    fill_region,
+    image_rng,
+)
 from spatialspec.data.transforms import RESIZE_SPEC, resize_image, resize_mask
 
 ANNOTATIONS = ("label", "box", "mask")
@@ -61,6 +68,14 @@ class ManifestDataset(Dataset):
         cache: Optional on-disk cache of the decoded, resized, un-augmented images and masks
             (needs ``image_size``): later epochs skip decoding and resizing, while the
             augmentation still differs every epoch.
+        roi_masking: Masking condition applied to every image (None: off): ``roi_removed``,
+            ``roi_only`` or ``spurious_removed`` (see :mod:`spatialspec.data.roi`). It fills
+            the resized, un-augmented image (after the cache, before ``transform``), using the
+            ROI mask of every row with a mask file (whatever its label) and the spurious mask
+            of ``spurious_mask_path``. The dense target is unchanged.
+        roi_masking_region: ``mask`` or ``box`` (the ROI's filled boxes).
+        roi_masking_fill: ``mean``, ``noise`` (fixed per image id) or ``zero``.
+        roi_masking_dilate: Pixels by which the spurious mask is grown.
     """
 
     def __init__(
@@ -71,7 +86,14 @@ class ManifestDataset(Dataset):
         channels: int = 1,
         image_size: int | None = None,
         cache: ImageCache | None = None,
+        roi_masking: str | None = None,
+        roi_masking_region: str = "mask",
+        roi_masking_fill: str = "mean",
+        roi_masking_dilate: int = DEFAULT_DILATE,
     ) -> None:
+        check_masking(roi_masking, roi_masking_region, roi_masking_fill)
+        if roi_masking == "original":
+            roi_masking = None
         if annotation not in ANNOTATIONS:
             raise ValueError(f"unknown annotation {annotation!r}; valid: {', '.join(ANNOTATIONS)}")
         if cache is not None and image_size is None:
@@ -79,12 +101,18 @@ class ManifestDataset(Dataset):
         if transform is None and image_size is None:
             raise ValueError("without image_size, the transform must resize the images")
         cols = ["image_id", "image_path", "label", "spurious", "mask_path", "mask_available"]
+        if roi_masking is not None and "spurious_mask_path" in frame.columns:
+            cols.append("spurious_mask_path")
         self.records = frame[cols].to_dict("records")
         self.transform = transform
         self.annotation = annotation
         self.channels = channels
         self.image_size = image_size
         self.cache = cache
+        self.roi_masking = roi_masking
+        self.roi_masking_region = roi_masking_region
+        self.roi_masking_fill = roi_masking_fill
+        self.roi_masking_dilate = roi_masking_dilate
 
     def __len__(self) -> int:
         return len(self.records)
@@ -94,6 +122,8 @@ class ManifestDataset(Dataset):
         # A negative's target is empty: its mask (e.g. a benign ISIC lesion) is never read.
         mask_path = rec["mask_path"] if rec["label"] and rec["mask_path"] else None
         image, mask = self._load(rec["image_path"], mask_path)
+        if self.roi_masking is not None:
+            image = self._apply_masking(rec, image, mask)
         if self.transform is not None:
             targets = {"image": image} if mask is None else {"image": image, "mask": mask}
             out = self.transform(**targets)
@@ -147,6 +177,29 @@ class ManifestDataset(Dataset):
         if mask is not None:
             mask = resize_mask(mask.view(np.uint8), size)  # (S, S) 0/1
         return image, mask
+
+    def _apply_masking(
+        self, rec: dict[str, Any], image: np.ndarray, mask: np.ndarray | None
+    ) -> np.ndarray:
+        """The image with the ``roi_masking`` condition applied (a new array)."""
+        shape = image.shape[:2]
+        # A positive's ROI was already read (and resized) for the target.
+        roi = mask > 0 if mask is not None else self._region_mask(rec["mask_path"], shape)
+        spurious = self._region_mask(rec.get("spurious_mask_path"), shape)
+        filled, reference = condition_region(
+            self.roi_masking, roi, spurious, shape, self.roi_masking_region,
+            self.roi_masking_dilate,
+        )  # fmt: skip
+        rng = image_rng(0, rec["image_id"]) if self.roi_masking_fill == "noise" else None
+        return fill_region(image, filled, self.roi_masking_fill, rng, reference)
+
+    def _region_mask(self, path: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        """(H, W) bool mask of ``path`` at the image's size, or None without a file."""
+        if not isinstance(path, str) or not path:
+            return None
+        if self.image_size is None:
+            return read_mask(path, shape=shape)
+        return resize_mask(read_mask(path).view(np.uint8), self.image_size) > 0
 
     def _target(self, mask: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
         """(1, H, W) float target: the mask, or its boxes; zeros when there is no mask."""

@@ -1,4 +1,4 @@
-"""``spatialspec`` command line: prepare | fit | evaluate | compare | audit | demo.
+"""``spatialspec`` command line: prepare | fit | evaluate | sweep | compare | audit | demo.
 
 ``fit`` takes config files and dotted overrides (``--trainer.max_epochs 3``) and is parsed by
 jsonargparse; the other commands use argparse.
@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("prepare", "fit", "evaluate", "compare", "audit", "demo")
+COMMANDS = ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "demo")
 #: ``spatialspec audit <name>``: module and glue functions (imported only for ``audit``).
 AUDITS = {
     "masking": ("spatialspec.audit.masking", "add_masking_parser", "run_masking"),
@@ -103,17 +103,28 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit overrides for every method, e.g. trainer.max_epochs=2")  # fmt: skip
 
 
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    """``compare`` (lazy import: the module pulls in the evaluation stack)."""
-    from spatialspec.evaluation.compare import add_compare_parser as add
+#: Commands whose parsers live in modules that import the model stack: the full parser is built
+#: only when the command is the one being run, so ``spatialspec prepare`` starts fast.
+LAZY_COMMANDS = {
+    "sweep": ("spatialspec.sweep", "add_sweep_parser", "run_sweep_cli",
+              "grid of methods x mask budgets x seeds -> summary.csv + plot (resumable)"),
+    "compare": ("spatialspec.evaluation.compare", "add_compare_parser", "run_compare",
+                "reports side by side + paired-bootstrap differences (Markdown, HTML)"),
+}  # fmt: skip
 
-    add(sub)
+
+def _lazy_parser(sub: argparse._SubParsersAction, name: str, full: bool) -> None:
+    module, add, _, help_text = LAZY_COMMANDS[name]
+    if full:
+        getattr(importlib.import_module(module), add)(sub)
+    else:
+        sub.add_parser(name, help=help_text, add_help=False)
 
 
-def run_compare(args: argparse.Namespace) -> None:
-    from spatialspec.evaluation.compare import run_compare as run
-
-    run(args)
+def _run_lazy(args: argparse.Namespace) -> int | None:
+    module, _, run, _ = LAZY_COMMANDS[args.command]
+    result = getattr(importlib.import_module(module), run)(args)
+    return result if isinstance(result, int) else None
 
 
 def _audit_parser(sub: argparse._SubParsersAction, full: bool) -> None:
@@ -136,11 +147,12 @@ def _run_audit(args: argparse.Namespace) -> None:
     getattr(importlib.import_module(module), run)(args)
 
 
-def build_parser(audits: bool = False) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser (``fit`` is parsed separately by jsonargparse).
 
     Args:
-        audits: Build the ``audit`` subcommands' own options (imports the model stack).
+        command: The command being run: its options are built in full even when that means
+            importing the model stack (``sweep``, ``compare``, ``audit``); None builds all.
     """
     parser = argparse.ArgumentParser(
         prog="spatialspec",
@@ -150,8 +162,9 @@ def build_parser(audits: bool = False) -> argparse.ArgumentParser:
     _prepare_parser(sub)
     sub.add_parser("fit", help="train one method: fit --config FILE [--section.key VALUE ...]")
     _evaluate_parser(sub)
-    add_compare_parser(sub)
-    _audit_parser(sub, audits)
+    for name in LAZY_COMMANDS:
+        _lazy_parser(sub, name, command in (None, name))
+    _audit_parser(sub, command in (None, "audit"))
     _demo_parser(sub)
     return parser
 
@@ -266,14 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = f"{info['monitor']}={info['best_score']}"
         print(f"best checkpoint: {info['best_checkpoint']} ({best})")
         return 0
-    args = build_parser(audits=argv[:1] == ["audit"]).parse_args(argv)
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     try:
         if args.command == "prepare":
             _run_prepare(args)
         elif args.command == "evaluate":
             _run_evaluate(args)
-        elif args.command == "compare":
-            run_compare(args)
+        elif args.command in LAZY_COMMANDS:
+            return _run_lazy(args) or 0
         elif args.command == "audit":
             _run_audit(args)
         elif args.command == "demo":

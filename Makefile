@@ -14,10 +14,14 @@ ARGS        ?=
 CKPT        ?=
 PREDICTIONS ?=
 REPORT      ?= results/report.json
+SWEEP_METHODS ?= binary,bbox,seg,seg_ssl,seg_spl
+SWEEP_BUDGETS ?= 0,10%,25%,all
+SWEEP_SEEDS   ?= 1,2
 SYNTH   := data/synthetic/manifest.csv
+DEMO_CKPTS := runs/demo/binary/checkpoints/best.ckpt runs/demo/seg/checkpoints/best.ckpt
 
 .PHONY: help install test test-fast demo prepare-synthetic train-binary train-bbox train-seg \
-        evaluate benchmark lint format clean
+        train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark lint format clean
 
 help:
 	@echo "make install        create $(VENV) and install spatialspec with its dev extras"
@@ -25,6 +29,8 @@ help:
 	@echo "make test           install if needed, then run the whole test suite"
 	@echo "make train-seg      fit configs/\$$DATA/seg.yaml (DATA=synthetic; MANIFEST=..., ARGS=...)"
 	@echo "make train-binary / train-bbox   the same for the other methods"
+	@echo "make sweep-budget   robust AUROC vs number of masks (synthetic) -> results/sweep-budget/"
+	@echo "make audit          masking, saliency, slice audits of the demo models -> results/audit/"
 	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
 	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s and cache speed-up"
 	@echo "make lint / format  ruff"
@@ -54,13 +60,27 @@ $(SYNTH): | $(STAMP)
 	$(BIN)/spatialspec prepare synthetic --out data/synthetic
 
 # The synthetic benchmark is prepared on first use; other datasets need MANIFEST or their config's.
-train-binary train-bbox train-seg: train-%: install $(if $(filter synthetic,$(strip $(DATA))),$(SYNTH))
+train-binary train-bbox train-seg train-seg_ssl train-seg_spl: train-%: install $(if $(filter synthetic,$(strip $(DATA))),$(SYNTH))
 	$(BIN)/spatialspec fit --config $(CONFIGS)/$*.yaml $(if $(MANIFEST),--data.manifest $(MANIFEST)) $(ARGS)
 
 evaluate: install
 	$(BIN)/spatialspec evaluate \
 	  $(if $(PREDICTIONS),--predictions $(PREDICTIONS),--checkpoint $(or $(CKPT),runs/$(strip $(DATA))/seg/checkpoints/best.ckpt)) \
 	  $(if $(MANIFEST),--manifest $(MANIFEST)) --out $(REPORT) $(ARGS)
+
+# Annotation-budget sweep on the synthetic benchmark (~20 min on 2 cores; resumable).
+sweep-budget: install $(SYNTH)
+	$(BIN)/spatialspec sweep --config configs/synthetic/seg.yaml --methods $(SWEEP_METHODS) \
+	  --budgets $(SWEEP_BUDGETS) --seeds $(SWEEP_SEEDS) --jobs 2 --out results/sweep-budget $(ARGS)
+
+# The three audits on the demo's binary and seg models (trained by `make demo` if missing).
+$(DEMO_CKPTS): | $(STAMP)
+	$(BIN)/spatialspec demo
+
+audit: install $(DEMO_CKPTS)
+	$(BIN)/spatialspec audit all --out results/audit \
+	  --model binary=runs/demo/binary/checkpoints/best.ckpt \
+	  --model seg=runs/demo/seg/checkpoints/best.ckpt $(ARGS)
 
 benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py

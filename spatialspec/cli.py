@@ -21,6 +21,7 @@ AUDITS = {
     "masking": ("spatialspec.audit.masking", "add_masking_parser", "run_masking"),
     "saliency": ("spatialspec.audit.saliency", "add_saliency_parser", "run_saliency"),
     "slices": ("spatialspec.audit.slices", "add_slices_parser", "run_slices"),
+    "all": ("spatialspec.audit.suite", "add_suite_parser", "run_suite_cli"),
 }
 
 

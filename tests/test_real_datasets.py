@@ -14,12 +14,13 @@ from spatialspec.data.manifest import load_manifest
 from spatialspec.data.siim import prepare_siim
 from spatialspec.evaluation.render import report_markdown
 from spatialspec.evaluation.report import evaluate_predictions
+from spatialspec.methods import METHODS as REGISTERED
 from spatialspec.testing import make_siim_tree
 from spatialspec.training import fit
 from tests.conftest import REPO_ROOT, SMALL_BACKBONE
 from tests.isic_fakes import make_isic_tree
 
-METHODS = ("binary", "bbox", "seg")
+METHODS = tuple(REGISTERED.names())  # every registered method
 
 
 @pytest.fixture(scope="module")

@@ -735,7 +735,11 @@ def collect_summary(out: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
 
 
 def _t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, sd (n-1) and the 95 % t-interval of the mean; NaN where undefined (n < 2)."""
+    """Mean, sd (n-1) and the 95 % t-interval of the mean; NaN where undefined (n < 2).
+
+    The interval is clipped to [0, 1], the range of an AUROC (with 2 seeds, t(1) = 12.7
+    makes the raw interval far wider than that).
+    """
     from scipy import stats
 
     values = values[np.isfinite(values)]
@@ -747,7 +751,7 @@ def _t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
         return mean, _NAN, _NAN, _NAN
     sd = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half
+    return mean, sd, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:

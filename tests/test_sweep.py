@@ -165,8 +165,11 @@ def test_aggregate_t_interval_and_chart(tmp_path: Path) -> None:
     assert seg["robust_auroc_mean"] == pytest.approx(0.7)
     assert seg["robust_auroc_sd"] == pytest.approx(0.1 * np.sqrt(2))
     half = 12.7062047 * 0.1 * np.sqrt(2) / np.sqrt(2)  # t(0.975, 1 df) * sd / sqrt(n)
-    assert seg["robust_auroc_lo"] == pytest.approx(0.7 - half)
-    assert seg["robust_auroc_hi"] == pytest.approx(0.7 + half)
+    assert (seg["robust_auroc_lo"], seg["robust_auroc_hi"]) == (0.0, 1.0)  # 0.7 -+ half, clipped
+    assert half > 0.7
+    _, _, lo, hi = sweep._t_interval(np.array([0.70, 0.71, 0.72]))
+    half3 = 4.30265273 * 0.01 / np.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
+    assert (lo, hi) == (pytest.approx(0.71 - half3), pytest.approx(0.71 + half3))
     chart = sweep.plot_sweep(frame, tmp_path / "c.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = {"config": "c.yaml", "settings": {"overrides": []}, "seeds": [1, 2, 3]}

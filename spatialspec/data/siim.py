@@ -34,7 +34,7 @@ from spatialspec._text import first_few
 from spatialspec.data.folders import staged_folder
 from spatialspec.data.io import ImageReadError, read_image, write_png
 from spatialspec.data.manifest import REQUIRED_COLUMNS, write_manifest
-from spatialspec.data.rle import RLERow, decode_rows, read_rle_csv, rle_decode
+from spatialspec.data.rle import RLERow, decode_rows, read_rle_csv
 from spatialspec.data.tubes import load_tube_labels
 from spatialspec.runinfo import run_metadata, write_json_atomic
 
@@ -202,14 +202,12 @@ def assign_splits(
 # --------------------------------------------------------------------------- masks
 
 
-def _overlaps(rows: list[RLERow], header: DicomHeader) -> bool:
-    """Whether the regions of several label rows share pixels (they are OR-ed, never summed)."""
-    runs = [r.runs for r in rows if r.runs is not None]
-    if len(runs) < 2:
-        return False
-    total = sum(int(r[:, 1].sum()) for r in runs)
-    union = int(sum(rle_decode(r, header.rows, header.columns) for r in runs).astype(bool).sum())
-    return total > union
+def _run_pixels(rows: list[RLERow]) -> int:
+    """Pixels summed over the rows' runs; above the OR-ed mask's count iff rows overlap.
+
+    (Runs within one row never overlap: their starts are relative and non-negative.)
+    """
+    return sum(int(r.runs[:, 1].sum()) for r in rows if r.runs is not None)
 
 
 def _write_masks(
@@ -302,7 +300,7 @@ def prepare_siim(
         ]
         frame["pathology_pixels"] = [pixels.get(i, 0) for i in ids]
         write_manifest(_ordered(frame), staging / "manifest.csv")
-        summary = _summary(frame, labels, headers, tubes, dicoms, skips, locals_=dict(
+        summary = _summary(frame, labels, tubes, dicoms, skips, locals_=dict(
             root=root, rle_csv=rle_csv, tube_labels=tube_labels, seed=seed,
             val_fraction=val_fraction, holdout=list(holdout), strict=strict, verify=verify,
         ))  # fmt: skip
@@ -377,7 +375,6 @@ def _tube_name(value: float) -> str:
 def _summary(
     frame: pd.DataFrame,
     labels: dict[str, list[RLERow]],
-    headers: dict[str, DicomHeader],
     tubes: dict[str, bool],
     dicoms: dict[str, Path],
     skips: _Skips,
@@ -385,7 +382,8 @@ def _summary(
 ) -> dict[str, Any]:
     used = set(frame["image_id"])
     several = [i for i in used if len(labels[i]) > 1]
-    overlapping = sum(_overlaps(labels[i], headers[i]) for i in several)
+    union = dict(zip(frame["image_id"], frame["pathology_pixels"], strict=True))
+    overlapping = sum(_run_pixels(labels[i]) > union[i] for i in several)  # no re-decoding
     per_patient = frame.groupby("patient_id").size()
     has_tubes = bool(tubes)
     return {

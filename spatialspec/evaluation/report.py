@@ -6,6 +6,7 @@ maximising TPR - FPR) and only applied to the evaluated split, so nothing is tun
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,6 @@ def dataset_info(manifest: str | Path) -> dict[str, Any]:
     path = Path(manifest).with_name("summary.json")
     if not path.is_file():
         return {}
-    import json
-
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

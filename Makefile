@@ -32,7 +32,7 @@ help:
 	@echo "make sweep-budget   robust AUROC vs number of masks (synthetic) -> results/sweep-budget/"
 	@echo "make audit          masking, saliency, slice audits of the demo models -> results/audit/"
 	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
-	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s and cache speed-up"
+	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s, cache and channels-last speed-ups"
 	@echo "make lint / format  ruff"
 
 install: $(STAMP)
@@ -85,6 +85,7 @@ audit: install $(DEMO_CKPTS)
 benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/channels_last.py
 
 lint: install
 	$(BIN)/ruff check spatialspec tests benchmarks

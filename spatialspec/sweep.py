@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import io
 import json
 import logging
@@ -107,6 +108,7 @@ __all__ = [
     "write_summaries",
 ]
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: ``budget`` of the methods that ignore masks (they run once per seed).
 NO_BUDGET = "-"
 #: Columns of ``summary.csv``, in order.
@@ -440,10 +442,50 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _die_with_parent()
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the sweep process dies, even by SIGKILL, so no
+    orphaned fit keeps writing into a run folder that a resumed sweep is redoing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit(143)`` while workers run, so cleanup code runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued runs and terminate the running ones (their folders are redone on resume)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for stop in ("terminate", "kill"):  # SIGTERM; SIGKILL for one that missed it (mid-spawn)
+        alive = [p for p in processes if p.is_alive()]
+        for process in alive:
+            getattr(process, stop)()
+        for process in alive:
+            process.join(timeout=5)
 
 
 def _execute(tasks: list[dict[str, Any]], jobs: int) -> Iterator[dict[str, Any]]:
@@ -459,11 +501,12 @@ def _execute(tasks: list[dict[str, Any]], jobs: int) -> Iterator[dict[str, Any]]
         initializer=_init_worker, initargs=(threads,),
     )  # fmt: skip
     try:
-        futures = {pool.submit(execute_run, task): task for task in tasks}
-        for future in as_completed(futures):
-            yield _outcome(future, futures[future])
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        with _sigterm_as_exit():
+            futures = {pool.submit(execute_run, task): task for task in tasks}
+            for future in as_completed(futures):
+                yield _outcome(future, futures[future])
+    except BaseException:  # Ctrl-C, SIGTERM, or the caller stopped iterating
+        _stop_workers(pool)
         raise
     pool.shutdown()
 
@@ -498,6 +541,12 @@ def _settings(config: Path, overrides: Sequence[str], n_resamples: int) -> dict[
         "overrides": list(overrides),
         "n_resamples": n_resamples,
     }
+
+
+def _invocations(out: Path) -> list[dict[str, Any]]:
+    """Earlier invocations of the sweep in ``out`` (when, runs trained, wall seconds)."""
+    before = _read_json(out / "sweep.json") or {}
+    return list(before.get("invocations", []))
 
 
 def _check_same_sweep(out: Path, settings: dict[str, Any]) -> None:
@@ -556,8 +605,9 @@ def run_sweep(
     out = Path(out)
     settings = _settings(config, overrides, n_resamples)
     _check_same_sweep(out, settings)
+    history = _invocations(out)
     info = _sweep_info(runs, config, settings, jobs)
-    write_json_atomic(out / "sweep.json", {**info, "status": "running"})
+    write_json_atomic(out / "sweep.json", {**info, "status": "running", "invocations": history})
     pending = [run for run in runs if not is_finished(out, run)]
     _say(progress, f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already finished, "
                    f"{len(pending)} to run ({jobs} at a time) -> {out}")  # fmt: skip
@@ -565,7 +615,8 @@ def run_sweep(
     _run_all(tasks, jobs, progress, total=len(runs))
     frame = collect_summary(out, runs)
     wall = round(time.perf_counter() - start, 1)
-    write_summaries(out, frame, {**info, "wall_seconds": wall})
+    history.append({"started": info["created"], "runs_run": len(pending), "wall_seconds": wall})
+    write_summaries(out, frame, {**info, "wall_seconds": wall, "invocations": history})
     _say(progress, _closing_line(frame, out, wall))
     return frame
 
@@ -815,9 +866,24 @@ def summary_markdown(frame: pd.DataFrame, info: dict[str, Any]) -> str:
         )
     lines += ["", f"![robust AUROC vs. masks]({CHART})", ""]
     lines += _unfinished_lines(frame)
-    wall = info.get("wall_seconds")
-    lines.append(f"{len(frame)} runs" + (f"; wall time {wall:.0f} s." if wall else "."))
+    lines.append(_wall_line(len(frame), info))
     return "\n".join(lines) + "\n"
+
+
+def _wall_line(n_runs: int, info: dict[str, Any]) -> str:
+    """Wall time of the sweep: every invocation's, so a no-op resume does not hide the work."""
+    history = [h for h in info.get("invocations", []) if h.get("wall_seconds") is not None]
+    if not history:
+        wall = info.get("wall_seconds")
+        return f"{n_runs} runs" + (f"; wall time {wall:.0f} s." if wall else ".")
+    total = sum(h["wall_seconds"] for h in history)
+    if len(history) == 1:
+        return f"{n_runs} runs; wall time {total:.0f} s."
+    last = history[-1]
+    return (
+        f"{n_runs} runs; wall time {total:.0f} s over {len(history)} invocations (the last "
+        f"trained {last['runs_run']} run(s) in {last['wall_seconds']:.0f} s)."
+    )
 
 
 def _unfinished_lines(frame: pd.DataFrame) -> list[str]:

@@ -107,3 +107,90 @@ def test_fit_records_the_budget_in_run_json(tmp_path, quick_fit_args) -> None:
     info = fit(argv)
     assert info["mask_budget"]["n_masks"] == 3
     assert info["config"]["data"]["mask_budget"] == 3
+
+
+# ------------------------------------------------------------------ batches with a masked share
+
+
+def _flags(n_annotated: int = 20, n: int = 200) -> np.ndarray:
+    flags = np.zeros(n, dtype=bool)
+    flags[np.random.default_rng(0).choice(n, n_annotated, replace=False)] = True
+    return flags
+
+
+def test_annotated_share_per_batch_and_epoch_length() -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler
+
+    flags = _flags()  # 10 % annotated
+    sampler = AnnotatedShareBatchSampler(flags, batch_size=16, fraction=0.25, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 200 // 16
+    for batch in batches:
+        assert len(batch) == 16 and len(set(batch)) == 16  # no row twice in a batch
+        assert flags[batch].sum() == 4  # round(0.25 * 16), not the ~1.6 of shuffling
+    seen = np.concatenate(batches)
+    assert set(seen[flags[seen]]) == set(np.flatnonzero(flags))  # every masked row is used
+    others = seen[~flags[seen]]
+    assert len(set(others)) == len(others)  # rows without a mask: no repeats within an epoch
+
+
+def test_annotated_share_is_a_minimum_and_reproducible() -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler
+
+    flags = _flags(n_annotated=120)  # 60 % annotated: above the fraction, shuffling's share
+    batches = AnnotatedShareBatchSampler(flags, 20, 0.25, seed=1).batches(0)
+    assert all(flags[b].sum() == 12 for b in batches)
+    a = AnnotatedShareBatchSampler(_flags(), 16, 0.25, seed=5)
+    b = AnnotatedShareBatchSampler(_flags(), 16, 0.25, seed=5)
+    first, second = list(a), list(a)  # iterating again moves to the next epoch's draw
+    assert first == list(b) and first != second
+    b.set_epoch(1)
+    assert list(b) == second
+    assert AnnotatedShareBatchSampler(_flags(), 16, 0.25, seed=6).batches(0) != first
+
+
+def test_annotated_share_batches_the_undersampled_epoch() -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler, NegativeUndersampler
+
+    labels = np.r_[np.ones(50), np.zeros(150)]
+    flags = _flags()
+    base = NegativeUndersampler(labels, ratio=1.0, seed=2)  # 50 positives + 50 negatives
+    sampler = AnnotatedShareBatchSampler(flags, 10, 0.3, seed=0, base=base)
+    assert len(sampler) == 10
+    sampler.set_epoch(4)
+    allowed = set(base.indices(4).tolist())
+    batches = list(sampler)
+    assert all(set(b) <= allowed for b in batches)
+    assert all(flags[b].sum() == max(3, round(10 * flags[list(allowed)].mean())) for b in batches)
+
+
+@pytest.mark.parametrize(
+    ("flags", "batch", "fraction", "message"),
+    [
+        (_flags(), 16, 0.0, "must be in \\(0, 1\\)"),
+        (_flags(), 16, 1.0, "must be in \\(0, 1\\)"),
+        (_flags(), 1, 0.5, "batch_size >= 2"),
+        (np.ones(10, dtype=bool), 4, 0.5, "rows with and without annotation"),
+    ],
+)
+def test_annotated_share_bad_arguments(flags, batch, fraction, message) -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler
+
+    with pytest.raises(ValueError, match=message):
+        AnnotatedShareBatchSampler(flags, batch, fraction)
+
+
+def test_datamodule_uses_the_share_only_under_a_budget(tiny_synthetic) -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler, SpatialDataModule
+
+    kwargs = {"batch_size": 8, "annotated_batch_fraction": 0.5, "augment": False}
+    data = SpatialDataModule(str(tiny_synthetic), mask_budget="25%", budget_seed=1, **kwargs)
+    loader = data.train_dataloader()
+    assert isinstance(loader.batch_sampler, AnnotatedShareBatchSampler)
+    batch = next(iter(loader))
+    assert batch["image"].shape[0] == 8 and int(batch["mask_available"].sum()) == 4
+    assert data.val_dataloader().batch_size == 16  # evaluation batches are untouched
+    plain = SpatialDataModule(str(tiny_synthetic), **kwargs).train_dataloader()  # all masked
+    assert not isinstance(plain.batch_sampler, AnnotatedShareBatchSampler)
+    with pytest.raises(ValueError, match="annotated_batch_fraction"):
+        SpatialDataModule(str(tiny_synthetic), annotated_batch_fraction=1.5)

@@ -235,18 +235,39 @@ def test_dense_loss_without_masks_is_bce_of_topk_scores(dense: SpatialMethod) ->
     torch.testing.assert_close(losses["loss"], F.binary_cross_entropy(scores, batch["label"]))
 
 
-def test_dense_loss_mixed_batch_is_weighted_by_the_known_fraction(dense: SpatialMethod) -> None:
+def test_dense_loss_mixed_batch_sums_the_per_term_means(dense: SpatialMethod) -> None:
     available = [1.0, 0.0, 1.0, 1.0]  # 3 of 4 with masks
     batch = make_batch(mask_available=available)
     known = torch.tensor(available) > 0.5
     with torch.no_grad():
         logits = dense.net.pixel_logits(batch["image"])
         losses = dense.compute_loss(batch)
-    pixel = _pixel_loss(logits[known], batch["mask"][known])
-    image = _topk_bce(logits[~known], batch["label"][~known])
+    pixel = _pixel_loss(logits[known], batch["mask"][known])  # mean over the 3 masked rows
+    image = _topk_bce(logits[~known], batch["label"][~known])  # the 1 row without a mask
     torch.testing.assert_close(losses["pixel_loss"], pixel)
     torch.testing.assert_close(losses["image_loss"], image)
-    torch.testing.assert_close(losses["loss"], 0.75 * pixel + 0.25 * image)
+    torch.testing.assert_close(losses["loss"], pixel + image)  # not scaled by 3/4 and 1/4
+
+
+@pytest.mark.parametrize("name", ["bbox", "seg", "seg_ssl", "seg_spl"])
+def test_dense_loss_term_weights(small_backbone: BackboneConfig, name: str) -> None:
+    torch.manual_seed(0)
+    method = get_method(name)(backbone=small_backbone, pixel_weight=2.0, image_weight=0.25)
+    method.eval()
+    batch = make_batch(mask_available=[1, 0, 0, 1])
+    with torch.no_grad():
+        losses = method.loss(method.net.pixel_logits(batch["image"]), batch)
+    expected = 2.0 * losses["pixel_loss"] + 0.25 * losses["image_loss"]
+    torch.testing.assert_close(losses["loss"], expected)
+    assert losses["pixel_loss"] > 0 and losses["image_loss"] > 0
+
+
+@pytest.mark.parametrize("weights", [{"pixel_weight": -1.0}, {"image_weight": -0.5}])
+def test_dense_loss_negative_term_weight_is_an_error(
+    small_backbone: BackboneConfig, weights: dict[str, float]
+) -> None:
+    with pytest.raises(ValueError, match="pixel_weight and image_weight must be >= 0"):
+        get_method("seg")(backbone=small_backbone, **weights)
 
 
 def test_dense_loss_dice_weight_and_pooling(small_backbone: BackboneConfig) -> None:
@@ -261,7 +282,7 @@ def test_dense_loss_dice_weight_and_pooling(small_backbone: BackboneConfig) -> N
     pixel = F.binary_cross_entropy_with_logits(logits[known], batch["mask"][known])
     pooled = torch.sigmoid(logits[~known]).flatten(1).amax(dim=1).clamp(1e-6, 1 - 1e-6)
     image = F.binary_cross_entropy(pooled, batch["label"][~known])
-    torch.testing.assert_close(losses["loss"], 0.5 * pixel + 0.5 * image)
+    torch.testing.assert_close(losses["loss"], pixel + image)
     torch.testing.assert_close(scores, torch.sigmoid(logits).flatten(1).amax(dim=1))
 
 
@@ -286,3 +307,41 @@ def test_unfetchable_pretrained_weights_give_a_clear_error(monkeypatch: pytest.M
     with pytest.raises(RuntimeError, match=r"could not fetch 'imagenet' weights for encoder "
                        r"'resnet18'.*encoder_weights=null"):  # fmt: skip
         SpatialNet(cfg, image_head=True, dense=False)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_channels_last_net_gives_the_same_outputs_and_gradients(dense: bool) -> None:
+    from spatialspec.models import SpatialNet
+
+    cfg = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8)}
+    nets = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        nets[channels_last] = SpatialNet(
+            BackboneConfig(**cfg, channels_last=channels_last), image_head=not dense, dense=dense
+        ).eval()
+
+    def a_conv(net: torch.nn.Module) -> torch.Tensor:  # one whose two layouts differ
+        return next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 < p.shape[2])
+
+    assert a_conv(nets[True]).is_contiguous(memory_format=torch.channels_last)
+    assert not a_conv(nets[False]).is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 32, 32)
+    outs, grads = [], []
+    for channels_last in (False, True):
+        net = nets[channels_last]
+        image = x.clone().requires_grad_(True)  # a plain NCHW input: the net converts it
+        out = net.pixel_logits(image) if dense else net.image_logits(image)
+        out.sum().backward()
+        outs.append(out.detach())
+        grads.append(image.grad)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+    assert grads[1].shape == x.shape
+
+
+def test_checkpoints_without_channels_last_hparam_still_load() -> None:
+    cfg = BackboneConfig(encoder_name="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8))
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "channels_last"}  # older hparams
+    method = get_method("seg")(backbone=stored)
+    assert method.backbone.channels_last is True

@@ -117,7 +117,7 @@ def test_spl_loss_is_dense_loss_plus_weighted_supcon(small_backbone: BackboneCon
         supcon = supcon_loss(method.embed(features, coords), labels, 0.1)
     assert features.shape[1] == small_backbone.decoder_channels[-1]
     torch.testing.assert_close(losses["contrastive_loss"], supcon)
-    torch.testing.assert_close(losses["loss"], dense["loss"] + 0.3 * 0.75 * supcon)
+    torch.testing.assert_close(losses["loss"], dense["loss"] + 0.3 * supcon)
     assert supcon.item() > 0
 
 
@@ -252,7 +252,7 @@ def test_consistency_applies_only_to_unlabelled_rows(small_backbone: BackboneCon
     expected = pseudo_label_bce(logits[unlabelled], torch.sigmoid(logits[unlabelled]), 0.5)
     torch.testing.assert_close(losses["consistency_loss"], expected)
     assert expected.item() > 0
-    torch.testing.assert_close(losses["loss"], dense["loss"] + 2.0 * 0.5 * expected)
+    torch.testing.assert_close(losses["loss"], dense["loss"] + 2.0 * expected)
     assert losses["consistency_weight"].item() == 2.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -282,6 +283,9 @@ def test_rerun_after_completion_trains_nothing(
     assert (frame["status"] == "finished").all()
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/**/report.json")} == reports
     assert (out / "summary.csv").stat().st_mtime_ns != summary  # rewritten
+    history = json.loads((out / "sweep.json").read_text())["invocations"]
+    assert [h["runs_run"] for h in history] == [len(frame), 0]  # the no-op keeps the first
+    assert "over 2 invocations (the last trained 0 run(s)" in (out / "summary.md").read_text()
     # other settings are refused instead of mixing results
     with pytest.raises(ValueError, match="holds a sweep with other settings"):
         _sweep(out, [*done["args"], "--model.lr", "0.1"], seeds="1,2")
@@ -380,3 +384,82 @@ def test_parallel_jobs_run_in_separate_processes(tmp_path: Path, quick_fit_args:
     records = [json.loads((Path(d) / "sweep_run.json").read_text()) for d in frame["run_dir"]]
     assert all(r["pid"] != os.getpid() for r in records)  # spawned workers
     assert {r["torch_threads"] for r in records} == {max(1, sweep._cores() // 2)}
+
+
+# -------------------------------------------------------------------------- stopping workers
+
+
+def test_sigterm_becomes_system_exit_while_workers_run() -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc, sweep._sigterm_as_exit():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert exc.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_workers_terminates_running_fits() -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(3):  # 2 running, 1 queued
+        pool.submit(time.sleep, 60)
+    deadline = time.monotonic() + 60
+    while len(pool._processes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    processes = list(pool._processes.values())
+    start = time.monotonic()
+    sweep._stop_workers(pool)
+    assert time.monotonic() - start < 20  # not the 60 s of the running tasks
+    # by /proc, not is_alive(): the pool's manager thread reaps the same children concurrently
+    assert len(processes) == 2 and all(_state(p.pid) in (None, "Z") for p in processes)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None  # gone
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_die_when_the_sweep_process_is_killed(tmp_path: Path) -> None:
+    """A worker that called _die_with_parent gets SIGTERM when its parent dies by SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "child.pid"
+    script = f"""
+import multiprocessing, os, time
+from pathlib import Path
+from spatialspec import sweep
+
+def child():
+    sweep._die_with_parent()
+    Path({str(pid_file)!r}).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=child).start()
+    time.sleep(120)
+"""
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert _state(child) not in (None, "Z")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _state(child) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _state(child) in (None, "Z"), "the worker outlived the sweep process"
+    finally:
+        parent.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -75,6 +76,99 @@ class NegativeUndersampler(Sampler[int]):
         return self.positives.size + self.num_negatives
 
 
+class AnnotatedShareBatchSampler(Sampler[list[int]]):
+    """Training batches in which at least a given share of rows has a pixel annotation.
+
+    Under a small mask budget only a few training images keep their annotation, and plain
+    shuffling gives each batch a handful of them; this sampler puts
+    ``k = max(round(fraction * batch_size), round(batch_size * n_annotated / n))`` annotated rows
+    in every batch (never fewer than shuffling would on average) and fills the rest with rows
+    without one, as the mean teacher's two-stream batch sampler does (Tarvainen & Valpola 2017).
+    An epoch has ``len(epoch_indices) // batch_size`` batches (at least 1), like a shuffled
+    loader that drops its last partial batch. The annotated rows cycle, reshuffled on every pass;
+    the others are drawn without replacement from a fresh permutation each epoch (so with ``k``
+    above the natural share some of them sit an epoch out, different ones each time). Every
+    draw comes from ``(seed, epoch)`` alone.
+
+    Args:
+        annotated: Per-dataset-index flag: the row has a known annotation (``mask_available``).
+        batch_size: Rows per batch.
+        fraction: Minimum share of annotated rows per batch, in (0, 1).
+        seed: Seed of the draws.
+        base: Sampler whose epoch indices to batch (a :class:`NegativeUndersampler`); None: all
+            dataset indices.
+    """
+
+    def __init__(
+        self,
+        annotated: Sequence[bool] | np.ndarray,
+        batch_size: int,
+        fraction: float,
+        seed: int = 0,
+        base: NegativeUndersampler | None = None,
+    ) -> None:
+        check_annotated_fraction(fraction)
+        if batch_size < 2:
+            raise ValueError(f"annotated_batch_fraction needs batch_size >= 2, got {batch_size}")
+        self.annotated = np.asarray(annotated, dtype=bool)
+        if self.annotated.all() or not self.annotated.any():
+            raise ValueError("annotated_batch_fraction needs rows with and without annotation")
+        self.batch_size, self.fraction, self.seed, self.base = batch_size, fraction, seed, base
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the draw of epoch ``epoch`` (Lightning calls this before every epoch)."""
+        self.epoch = epoch
+        if self.base is not None:
+            self.base.set_epoch(epoch)
+
+    def _epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
+        if self.base is not None:
+            return self.base.indices(self.epoch)
+        return rng.permutation(self.annotated.size)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The batches of epoch ``epoch``."""
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        indices = self._epoch_indices(rng)
+        flags = self.annotated[indices]
+        pool_a, pool_u = indices[flags], indices[~flags]
+        n_batches = max(1, indices.size // self.batch_size)
+        natural = round(self.batch_size * pool_a.size / indices.size)
+        k = max(round(self.fraction * self.batch_size), natural)
+        k = min(k, self.batch_size - 1) if pool_u.size else self.batch_size
+        k = k if pool_a.size else 0
+        u = self.batch_size - k
+        annotated = _cycle(pool_a, n_batches * k, rng).reshape(n_batches, k)
+        others = _cycle(pool_u, n_batches * u, rng).reshape(n_batches, u)
+        rows = np.concatenate([annotated, others], axis=1)  # (n_batches, batch_size)
+        return [rng.permutation(row).tolist() for row in rows]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        self.epoch += 1  # the next pass draws anew unless set_epoch says otherwise
+        return iter(batches)
+
+    def __len__(self) -> int:
+        size = len(self.base) if self.base is not None else self.annotated.size
+        return max(1, size // self.batch_size)
+
+
+def _cycle(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` items of ``pool`` in passes, each pass a fresh permutation (no repeats within)."""
+    if n == 0 or pool.size == 0:
+        return pool[:0]
+    passes = -(-n // pool.size)
+    return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:n]
+
+
+def check_annotated_fraction(fraction: float | None) -> None:
+    """``data.annotated_batch_fraction`` must be None or in (0, 1)."""
+    if fraction is not None and not (0 < fraction < 1):
+        raise ValueError(f"annotated_batch_fraction must be in (0, 1) or null, got {fraction}")
+
+
 class SpatialDataModule(L.LightningDataModule):
     """Train / val / test loaders from one manifest.
 
@@ -100,6 +194,10 @@ class SpatialDataModule(L.LightningDataModule):
             proportion; the others train on their image label only (see
             :mod:`spatialspec.data.budget`).
         budget_seed: Seed of the budget's selection (nested across budgets for one seed).
+        annotated_batch_fraction: Minimum share of each training batch drawn from rows with a
+            pixel annotation, when the training split has rows with and without one (a mask
+            budget); see :class:`AnnotatedShareBatchSampler`. None, or a split whose rows are all
+            (or none) annotated: plain shuffling.
         roi_masking: Train, validate and test under a masking condition of the "Mask of
             truth" audit: ``roi_removed``, ``roi_only`` or ``spurious_removed`` fill that
             region of every image of every split before normalisation (None: off). See
@@ -125,6 +223,7 @@ class SpatialDataModule(L.LightningDataModule):
         undersample_negatives: float | None = None,
         mask_budget: int | float | str | None = None,
         budget_seed: int = 0,
+        annotated_batch_fraction: float | None = None,
         roi_masking: str | None = None,
         roi_masking_region: str = "mask",
         roi_masking_fill: str = "mean",
@@ -146,6 +245,8 @@ class SpatialDataModule(L.LightningDataModule):
         self.undersample_negatives = undersample_negatives
         self.mask_budget = mask_budget
         self.budget_seed = budget_seed
+        check_annotated_fraction(annotated_batch_fraction)
+        self.annotated_batch_fraction = annotated_batch_fraction
         self.roi_masking = roi_masking
         self.roi_masking_region = roi_masking_region
         self.roi_masking_fill = roi_masking_fill
@@ -199,9 +300,26 @@ class SpatialDataModule(L.LightningDataModule):
         labels = [rec["label"] for rec in dataset.records]
         return NegativeUndersampler(labels, self.undersample_negatives, seed=seed)
 
+    def _batch_sampler(
+        self, dataset: ManifestDataset, sampler: NegativeUndersampler | None
+    ) -> AnnotatedShareBatchSampler | None:
+        """Batches with a minimum annotated share, or None (no fraction set, or nothing to mix)."""
+        if self.annotated_batch_fraction is None:
+            return None
+        annotated = np.array([rec["mask_available"] > 0.5 for rec in dataset.records])
+        if annotated.all() or not annotated.any():
+            return None
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        return AnnotatedShareBatchSampler(
+            annotated, self.batch_size, self.annotated_batch_fraction, seed=seed, base=sampler
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split, train=train)
         sampler = self._train_sampler(dataset) if train else None
+        batches = self._batch_sampler(dataset, sampler) if train else None
+        if batches is not None:
+            return DataLoader(dataset, batch_sampler=batches, **self._worker_args())
         size = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
@@ -209,6 +327,11 @@ class SpatialDataModule(L.LightningDataModule):
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and size > self.batch_size,
+            **self._worker_args(),
+        )
+
+    def _worker_args(self) -> dict[str, Any]:
+        return dict(
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,

@@ -16,9 +16,15 @@ class DenseMethod(SpatialMethod):
     """U-Net trained on a dense target (the dataset's ``mask``: a mask or filled boxes).
 
     Images whose annotation is known (``mask_available == 1``; a negative's known-empty mask
-    counts) get the pixel loss: BCE + ``dice_weight`` x soft Dice over the batch. Images without
-    an annotation get BCE between their pooled score and their image label, so a dense model
-    can learn from label-only images on the same network.
+    counts) get the pixel loss: BCE + ``dice_weight`` x soft Dice over those rows. Images
+    without an annotation get BCE between their pooled score and their image label, so a dense
+    model can learn from label-only images on the same network. The loss is
+    ``pixel_weight`` x pixel loss + ``image_weight`` x image loss, each the mean over its own
+    rows (a term without rows is 0). The terms are not scaled by their share of the batch: with
+    10 % of the images annotated, a share-weighted pixel term is drowned by the image term, and
+    the image term alone (multiple-instance learning on the pooled score) happily learns the
+    spurious feature; the per-term means keep the few masks in charge of *where* the
+    pathology is.
 
     Args:
         backbone: Architecture of the shared network.
@@ -27,6 +33,8 @@ class DenseMethod(SpatialMethod):
         pooling: How pixel probabilities become an image score: ``max``, ``mean``, ``topk``.
         topk: Pixels averaged by ``topk`` pooling.
         dice_weight: Weight of the Dice term of the pixel loss (0 disables it).
+        pixel_weight: Weight of the pixel loss (mean over the rows with an annotation).
+        image_weight: Weight of the image loss (mean over the rows without one).
     """
 
     def __init__(
@@ -37,9 +45,15 @@ class DenseMethod(SpatialMethod):
         pooling: str = "topk",
         topk: int = 16,
         dice_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        image_weight: float = 1.0,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        if pixel_weight < 0 or image_weight < 0:
+            raise ValueError(
+                f"pixel_weight and image_weight must be >= 0, got {pixel_weight}, {image_weight}"
+            )
         super().__init__(backbone, lr=lr, weight_decay=weight_decay)
         self.save_hparams()
         self.dice = DiceLoss(mode="binary", from_logits=True)
@@ -64,8 +78,7 @@ class DenseMethod(SpatialMethod):
                 pixel = pixel + self.hparams.dice_weight * self.dice(lg, target)
         if (~known).any():
             image = self.image_loss(logits[~known], batch["label"][~known])
-        n_known = known.float().mean()
-        loss = n_known * pixel + (1 - n_known) * image
+        loss = self.hparams.pixel_weight * pixel + self.hparams.image_weight * image
         return {"loss": loss, "pixel_loss": pixel.detach(), "image_loss": image.detach()}
 
     def image_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

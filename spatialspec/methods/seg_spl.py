@@ -108,10 +108,9 @@ class SegSPLMethod(DenseMethod):
     the method, is applied only to the sampled pixels (a 1x1 convolution is a linear map of each
     pixel's feature vector), and is unused at inference.
 
-    Total = DenseMethod's loss + ``contrastive_weight`` x fraction of the batch with a mask x
-    SupCon (the fraction as DenseMethod weights its pixel term, so an image's weight does not
-    depend on its batch mates; with every mask known the factor is 1). A batch without lesion
-    pixels or without background pixels among its masked rows adds 0 (graph kept).
+    Total = DenseMethod's loss + ``contrastive_weight`` x SupCon (a mean over the sampled
+    pixels, like DenseMethod's per-term means). A batch without lesion pixels or without
+    background pixels among its masked rows adds 0 (graph kept).
 
     The contrastive term is a training-only regulariser: ``val/loss`` is DenseMethod's loss
     (comparable with ``seg``'s), and the forward pass, scores and predictions are ``seg``'s.
@@ -123,6 +122,8 @@ class SegSPLMethod(DenseMethod):
         pooling: How pixel probabilities become an image score: ``max``, ``mean``, ``topk``.
         topk: Pixels averaged by ``topk`` pooling.
         dice_weight: Weight of the Dice term of the pixel loss (0 disables it).
+        pixel_weight: Weight of the pixel loss (mean over the rows with a mask).
+        image_weight: Weight of the image loss (mean over the rows without one).
         contrastive_weight: Weight of the SupCon term.
         temperature: SupCon temperature.
         proj_dim: Width of the L2-normalised pixel embeddings.
@@ -139,6 +140,8 @@ class SegSPLMethod(DenseMethod):
         pooling: str = "topk",
         topk: int = 16,
         dice_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        image_weight: float = 1.0,
         contrastive_weight: float = 0.1,
         temperature: float = 0.1,
         proj_dim: int = 32,
@@ -152,6 +155,8 @@ class SegSPLMethod(DenseMethod):
             pooling=pooling,
             topk=topk,
             dice_weight=dice_weight,
+            pixel_weight=pixel_weight,
+            image_weight=image_weight,
         )
         self.save_hparams()
         width = self.backbone.decoder_channels[-1]
@@ -161,7 +166,7 @@ class SegSPLMethod(DenseMethod):
 
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> decoder features (B, F, H, W) and pixel logits (B, 1, H, W)."""
-        self.net._check(images)
+        images = self.net.prepare(images)
         features = self.net.decoder(self.net.encoder(images))  # (B, F, H, W)
         return features, self.net.pixel_head(features)
 
@@ -185,8 +190,6 @@ class SegSPLMethod(DenseMethod):
         features, logits = self.features_and_logits(batch["image"])
         losses = self.loss(logits, batch)
         contrastive = self.contrastive_loss(features, batch)
-        fraction = (batch["mask_available"] > 0.5).float().mean()
-        weight = self.hparams.contrastive_weight
-        losses["loss"] = losses["loss"] + weight * fraction * contrastive
+        losses["loss"] = losses["loss"] + self.hparams.contrastive_weight * contrastive
         losses["contrastive_loss"] = contrastive.detach()
         return losses

@@ -185,9 +185,9 @@ class SegSSLMethod(DenseMethod):
       over all pixels of the rows (ignored pixels count 0, as in FixMatch).
     * **Weight**: ``consistency_weight`` x a sigmoid ramp exp(-5 (1 - t)^2) over
       ``rampup_epochs`` (t = fractional epochs / ``rampup_epochs``; rescaled to be exactly 0 at
-      the start and 1 at the end; 1 outside a fit), x the fraction of the batch without a mask,
-      as DenseMethod weights its two terms, so an image's weight in the loss does not depend on
-      its batch mates. A batch where every row has a mask trains exactly as ``seg``.
+      the start and 1 at the end; 1 outside a fit). The term is a mean over the rows without a
+      mask, like DenseMethod's two terms. A batch where every row has a mask trains exactly as
+      ``seg``.
 
     Negatives without a mask get no known-empty pixel target, although a negative has no
     pathology pixels: an image outside the budget contributes only its label (image loss) and
@@ -204,6 +204,8 @@ class SegSSLMethod(DenseMethod):
         pooling: How pixel probabilities become an image score: ``max``, ``mean``, ``topk``.
         topk: Pixels averaged by ``topk`` pooling.
         dice_weight: Weight of the Dice term of the pixel loss (0 disables it).
+        pixel_weight: Weight of the pixel loss (mean over the rows with a mask).
+        image_weight: Weight of the image loss (mean over the rows without one).
         ema_decay: Teacher decay d: teacher <- d * teacher + (1 - d) * student after each step.
         ema_warmup: Use min(d, 1 - 1/(t + 1)) at the t-th update (a running mean at first).
         confidence: Teacher probability above which a pixel is a pseudo-positive (below
@@ -226,6 +228,8 @@ class SegSSLMethod(DenseMethod):
         pooling: str = "topk",
         topk: int = 16,
         dice_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        image_weight: float = 1.0,
         ema_decay: float = 0.99,
         ema_warmup: bool = True,
         confidence: float = 0.9,
@@ -245,6 +249,8 @@ class SegSSLMethod(DenseMethod):
             pooling=pooling,
             topk=topk,
             dice_weight=dice_weight,
+            pixel_weight=pixel_weight,
+            image_weight=image_weight,
         )
         self.save_hparams()
         self.teacher: SpatialNet = copy.deepcopy(self.net).requires_grad_(False)
@@ -313,8 +319,7 @@ class SegSSLMethod(DenseMethod):
         if unlabelled.any():
             consistency = self.consistency_loss(batch["image"][unlabelled])
         weight = self.consistency_weight()
-        fraction = unlabelled.float().mean()
-        losses["loss"] = losses["loss"] + weight * fraction * consistency
+        losses["loss"] = losses["loss"] + weight * consistency
         losses["consistency_loss"] = consistency.detach()
         losses["consistency_weight"] = logits.new_tensor(weight)
         return losses

@@ -26,6 +26,9 @@ class BackboneConfig:
         encoder_depth: Number of encoder stages (3-5); input sides must divide 2**depth.
         decoder_channels: U-Net decoder widths, one per stage (length == encoder_depth).
         dropout: Dropout before the image-level linear head.
+        channels_last: Keep weights and inputs in channels-last (NHWC) memory order. The
+            numbers are the same; oneDNN's CPU convolutions run 1.2-1.7x faster on it (see
+            ``benchmarks/channels_last.py``), and so do cuDNN's under mixed precision.
     """
 
     encoder_name: str = "resnet18"
@@ -34,6 +37,7 @@ class BackboneConfig:
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     dropout: float = 0.0
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -94,25 +98,29 @@ class SpatialNet(nn.Module):
         self.pixel_head = unet.segmentation_head if dense else None
         self.image_head = unet.classification_head if image_head else None
         self.stride = 2**cfg.encoder_depth
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Check that (B, C, H, W) ``x`` fits the encoder; return it in the net's memory order."""
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(
                 f"input of {h}x{w} pixels: both sides must be divisible by {self.stride} "
                 "(2**encoder_depth); change data.image_size"
             )
+        return x.contiguous(memory_format=self.memory_format)
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B,) image-level logits."""
         if self.image_head is None:
             raise RuntimeError("this SpatialNet was built without an image head")
-        self._check(x)
+        x = self.prepare(x)
         return self.image_head(self.encoder(x)[-1]).squeeze(1)
 
     def pixel_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, H, W) pixel logits."""
         if self.decoder is None:
             raise RuntimeError("this SpatialNet was built without a decoder")
-        self._check(x)
+        x = self.prepare(x)
         return self.pixel_head(self.decoder(self.encoder(x)))

@@ -68,7 +68,7 @@ evaluate: install
 	  $(if $(PREDICTIONS),--predictions $(PREDICTIONS),--checkpoint $(or $(CKPT),runs/$(strip $(DATA))/seg/checkpoints/best.ckpt)) \
 	  $(if $(MANIFEST),--manifest $(MANIFEST)) --out $(REPORT) $(ARGS)
 
-# Annotation-budget sweep on the synthetic benchmark (~20 min on 2 cores; resumable).
+# Annotation-budget sweep on the synthetic benchmark (~15 min on 2 cores; resumable).
 sweep-budget: install $(SYNTH)
 	$(BIN)/spatialspec sweep --config configs/synthetic/seg.yaml --methods $(SWEEP_METHODS) \
 	  --budgets $(SWEEP_BUDGETS) --seeds $(SWEEP_SEEDS) --jobs 2 --out results/sweep-budget $(ARGS)

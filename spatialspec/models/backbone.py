@@ -27,7 +27,7 @@ class BackboneConfig:
         decoder_channels: U-Net decoder widths, one per stage (length == encoder_depth).
         dropout: Dropout before the image-level linear head.
         channels_last: Keep weights and inputs in channels-last (NHWC) memory order. The
-            numbers are the same; oneDNN's CPU convolutions run 1.2-1.7x faster on it (see
+            numbers are the same; oneDNN's CPU convolutions run up to 1.6x faster on it (see
             ``benchmarks/channels_last.py``), and so do cuDNN's under mixed precision.
     """
 

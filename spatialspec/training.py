@@ -19,6 +19,7 @@ including file win. The run folder receives ``config.yaml`` (the resolved config
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,9 +151,9 @@ def _prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
             )
         for f in ckpts.iterdir():
             f.unlink()
-    metrics = out_dir / "logs" / "metrics.csv"
-    if metrics.exists() and overwrite:
-        metrics.unlink()
+    logs = out_dir / "logs"
+    if logs.is_dir() and overwrite:  # the replaced run's metrics and hparams: no stale rows
+        shutil.rmtree(logs)
 
 
 def build_components(

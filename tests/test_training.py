@@ -270,9 +270,11 @@ def test_fit_refuses_to_overwrite_a_run(run: dict[str, Any]) -> None:
     assert best.stat().st_mtime_ns == stamp  # nothing was touched
 
 
-@pytest.mark.filterwarnings("ignore:Experiment logs directory")
+@pytest.mark.filterwarnings("error:Experiment logs directory")  # the old logs are cleared
 def test_fit_overwrite_replaces_the_run(run: dict[str, Any]) -> None:
+    (run["out"] / "logs" / "stale.txt").write_text("from the replaced run")
     info = fit([*run["argv"], "--overwrite", "true"])
+    assert not (run["out"] / "logs" / "stale.txt").exists()
     assert Path(info["best_checkpoint"]).is_file()
     with open(run["out"] / "logs" / "metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["val/auroc"]]

@@ -434,7 +434,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
     """Worker process setup: its share of the cores, and less chatter from Lightning."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -442,21 +442,28 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _die_with_parent()
+    _die_with_parent(parent)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker when the sweep process dies, even by SIGKILL, so no
-    orphaned fit keeps writing into a run folder that a resumed sweep is redoing."""
+def _die_with_parent(parent: int | None = None) -> None:
+    """Ask Linux to SIGKILL this worker when the sweep process dies, however it dies.
+
+    SIGKILL, not SIGTERM: during a fit Lightning catches SIGTERM and stops the fit gracefully,
+    after which a worker whose parent is gone would wait forever for its next task. A worker
+    whose ``parent`` died before this call exits at once. The orphan's run folder, unfinished,
+    is redone by a resumed sweep.
+    """
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -480,7 +487,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel queued runs and terminate the running ones (their folders are redone on resume)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for stop in ("terminate", "kill"):  # SIGTERM; SIGKILL for one that missed it (mid-spawn)
+    # SIGTERM first (Lightning stops a fit at the end of its step); SIGKILL for a worker that
+    # is still there (one mid-spawn can miss a SIGTERM)
+    for stop in ("terminate", "kill"):
         alive = [p for p in processes if p.is_alive()]
         for process in alive:
             getattr(process, stop)()
@@ -498,7 +507,7 @@ def _execute(tasks: list[dict[str, Any]], jobs: int) -> Iterator[dict[str, Any]]
     threads = max(1, _cores() // jobs)
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=(threads,),
+        initializer=_init_worker, initargs=(threads, os.getpid()),
     )  # fmt: skip
     try:
         with _sigterm_as_exit():

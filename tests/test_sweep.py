@@ -427,23 +427,25 @@ def _state(pid: int) -> str | None:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_workers_die_when_the_sweep_process_is_killed(tmp_path: Path) -> None:
-    """A worker that called _die_with_parent gets SIGTERM when its parent dies by SIGKILL."""
+    """A worker that called _die_with_parent is killed when its parent dies by SIGKILL."""
     import signal
     import subprocess
     import sys
 
     pid_file = tmp_path / "child.pid"
     script = f"""
-import multiprocessing, os, time
+import multiprocessing, os, signal, time
 from pathlib import Path
 from spatialspec import sweep
 
 def child():
-    sweep._die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: None)  # as Lightning's handler during a fit
+    sweep._die_with_parent(int(os.environ["PARENT"]))
     Path({str(pid_file)!r}).write_text(str(os.getpid()))
     time.sleep(120)
 
 if __name__ == "__main__":
+    os.environ["PARENT"] = str(os.getpid())
     multiprocessing.get_context("spawn").Process(target=child).start()
     time.sleep(120)
 """

@@ -625,7 +625,7 @@ def run_sweep(
     frame = collect_summary(out, runs)
     wall = round(time.perf_counter() - start, 1)
     history.append({"started": info["created"], "runs_run": len(pending), "wall_seconds": wall})
-    write_summaries(out, frame, {**info, "wall_seconds": wall, "invocations": history})
+    write_summaries(out, frame, {**info, "invocations": history})
     _say(progress, _closing_line(frame, out, wall))
     return frame
 
@@ -881,17 +881,16 @@ def summary_markdown(frame: pd.DataFrame, info: dict[str, Any]) -> str:
 
 def _wall_line(n_runs: int, info: dict[str, Any]) -> str:
     """Wall time of the sweep: every invocation's, so a no-op resume does not hide the work."""
-    history = [h for h in info.get("invocations", []) if h.get("wall_seconds") is not None]
+    history = info.get("invocations") or []
     if not history:
-        wall = info.get("wall_seconds")
-        return f"{n_runs} runs" + (f"; wall time {wall:.0f} s." if wall else ".")
-    total = sum(h["wall_seconds"] for h in history)
+        return f"{n_runs} runs."
+    line = f"{n_runs} runs; wall time {sum(h['wall_seconds'] for h in history):.0f} s"
     if len(history) == 1:
-        return f"{n_runs} runs; wall time {total:.0f} s."
+        return line + "."
     last = history[-1]
-    return (
-        f"{n_runs} runs; wall time {total:.0f} s over {len(history)} invocations (the last "
-        f"trained {last['runs_run']} run(s) in {last['wall_seconds']:.0f} s)."
+    return line + (
+        f" over {len(history)} invocations (the last trained {last['runs_run']} run(s) in "
+        f"{last['wall_seconds']:.0f} s)."
     )
 
 

@@ -194,3 +194,13 @@ def test_datamodule_uses_the_share_only_under_a_budget(tiny_synthetic) -> None:
     assert not isinstance(plain.batch_sampler, AnnotatedShareBatchSampler)
     with pytest.raises(ValueError, match="annotated_batch_fraction"):
         SpatialDataModule(str(tiny_synthetic), annotated_batch_fraction=1.5)
+
+
+def test_annotated_share_of_an_epoch_with_one_kind_only() -> None:
+    from spatialspec.data.datamodule import AnnotatedShareBatchSampler
+
+    sampler = AnnotatedShareBatchSampler(_flags(), 16, 0.25)
+    assert sampler._n_annotated(0, 100) == 0  # e.g. an undersampled epoch without masks
+    assert sampler._n_annotated(100, 100) == 16
+    assert sampler._n_annotated(1, 100) == 4  # the fraction, above the natural 0.16
+    assert sampler._n_annotated(99, 100) == 15  # the natural share, leaving one other row

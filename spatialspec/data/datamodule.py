@@ -122,23 +122,26 @@ class AnnotatedShareBatchSampler(Sampler[list[int]]):
         if self.base is not None:
             self.base.set_epoch(epoch)
 
-    def _epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
+    def _epoch_indices(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
         if self.base is not None:
-            return self.base.indices(self.epoch)
+            return self.base.indices(epoch)
         return rng.permutation(self.annotated.size)
+
+    def _n_annotated(self, n_annotated: int, n: int) -> int:
+        """Annotated rows per batch, for an epoch of ``n`` rows of which ``n_annotated`` are."""
+        if n_annotated == 0 or n_annotated == n:  # an undersampled epoch may hold one kind only
+            return self.batch_size if n_annotated else 0
+        natural = round(self.batch_size * n_annotated / n)
+        return min(max(round(self.fraction * self.batch_size), natural), self.batch_size - 1)
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The batches of epoch ``epoch``."""
-        self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
-        indices = self._epoch_indices(rng)
+        indices = self._epoch_indices(epoch, rng)
         flags = self.annotated[indices]
         pool_a, pool_u = indices[flags], indices[~flags]
         n_batches = max(1, indices.size // self.batch_size)
-        natural = round(self.batch_size * pool_a.size / indices.size)
-        k = max(round(self.fraction * self.batch_size), natural)
-        k = min(k, self.batch_size - 1) if pool_u.size else self.batch_size
-        k = k if pool_a.size else 0
+        k = self._n_annotated(pool_a.size, indices.size)
         u = self.batch_size - k
         annotated = _cycle(pool_a, n_batches * k, rng).reshape(n_batches, k)
         others = _cycle(pool_u, n_batches * u, rng).reshape(n_batches, u)

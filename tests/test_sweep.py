@@ -24,12 +24,14 @@ from spatialspec.sweep import (
     aggregate,
     budget_label,
     fit_argv,
+    local,
     method_config,
     plan,
     run_sweep,
     run_sweep_cli,
     set_overrides,
 )
+from spatialspec.sweep import run as sweep_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 SEG = CONFIGS / "seg.yaml"
@@ -51,7 +53,7 @@ def _sweep(out: Path, args: list[str], **kwargs: Any) -> pd.DataFrame:
 def _counting_fit(monkeypatch: pytest.MonkeyPatch, after: Callable[[int], None] | None = None):
     """Replace the sweep's fit by the real one plus a call log; ``after(n)`` runs after call n."""
     calls: list[list[str]] = []
-    real = sweep._fit
+    real = sweep_run._fit
 
     def fit(argv: list[str]) -> dict[str, Any]:
         calls.append(list(argv))
@@ -60,7 +62,7 @@ def _counting_fit(monkeypatch: pytest.MonkeyPatch, after: Callable[[int], None] 
             after(len(calls))
         return info
 
-    monkeypatch.setattr(sweep, "_fit", fit)
+    monkeypatch.setattr(sweep_run, "_fit", fit)
     return calls
 
 
@@ -116,7 +118,7 @@ def test_fit_argv_passes_budget_and_seed_last() -> None:
     tail = dense[dense.index("--method") :]
     assert tail == [
         "--method", "seg", "--seed", "2", "--out_dir", "runs/x",
-        "--data.mask_budget", "0.1", "--data.budget_seed", "2", "--overwrite", "true",
+        "--data.mask_budget", "0.1", "--data.budget_seed", "2", "--resume", "auto",
     ]  # fmt: skip
     binary = fit_argv(SweepRun("binary", NO_BUDGET, 2), SEG, "runs/b")
     assert binary[1] == str(CONFIGS / "binary.yaml")
@@ -168,7 +170,7 @@ def test_aggregate_t_interval_and_chart(tmp_path: Path) -> None:
     half = 12.7062047 * 0.1 * np.sqrt(2) / np.sqrt(2)  # t(0.975, 1 df) * sd / sqrt(n)
     assert (seg["robust_auroc_lo"], seg["robust_auroc_hi"]) == (0.0, 1.0)  # 0.7 -+ half, clipped
     assert half > 0.7
-    _, _, lo, hi = sweep._t_interval(np.array([0.70, 0.71, 0.72]))
+    _, _, lo, hi = sweep.t_interval(np.array([0.70, 0.71, 0.72]))
     half3 = 4.30265273 * 0.01 / np.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
     assert (lo, hi) == (pytest.approx(0.71 - half3), pytest.approx(0.71 + half3))
     chart = sweep.plot_sweep(frame, tmp_path / "c.png")
@@ -184,7 +186,7 @@ def test_a_dead_worker_is_a_failed_run(tmp_path: Path) -> None:
     future.set_exception(RuntimeError("worker died"))
     task = {"name": "seg/seed-1", "method": "seg", "budget": "all", "seed": 1,
             "run_dir": str(tmp_path)}  # fmt: skip
-    result = sweep._outcome(future, task)
+    result = local._outcome(future, task)
     assert result["status"] == "failed"
     assert result["error"] == "RuntimeError: worker died"
     assert "worker died" in (tmp_path / "error.txt").read_text()
@@ -242,7 +244,7 @@ def test_sweep_run_folders_and_sweep_json(done: dict[str, Any], tiny_synthetic: 
     assert not (run / "error.txt").exists()
     record = json.loads((run / "sweep_run.json").read_text())
     assert record["status"] == "finished" and record["pid"] == os.getpid()
-    assert record["argv"][-2:] == ["--overwrite", "true"]
+    assert record["argv"][-2:] == ["--resume", "auto"]
     report = json.loads((run / "report.json").read_text())
     assert report["metadata"]["method"] == "seg"
     assert report["bootstrap"]["n_resamples"] == RESAMPLES
@@ -278,7 +280,7 @@ def test_rerun_after_completion_trains_nothing(
     def no_fit(argv: list[str]) -> dict[str, Any]:
         raise AssertionError("a finished run was refitted")
 
-    monkeypatch.setattr(sweep, "_fit", no_fit)
+    monkeypatch.setattr(sweep_run, "_fit", no_fit)
     frame = _sweep(out, done["args"], seeds="1,2")
     assert (frame["status"] == "finished").all()
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/**/report.json")} == reports
@@ -314,9 +316,9 @@ def test_resume_after_an_interrupted_run(
 
     calls = _counting_fit(monkeypatch)
     frame = _sweep(tmp_path, quick_fit_args, budgets="all")
-    assert len(calls) == 1  # only the unfinished run, with --overwrite true
+    assert len(calls) == 1  # only the unfinished run, resumed
     assert "seg/budget-all/seed-1" in calls[0][calls[0].index("--out_dir") + 1]
-    assert calls[0][-2:] == ["--overwrite", "true"]
+    assert calls[0][-2:] == ["--resume", "auto"]
     assert first.stat().st_mtime_ns == stamp
     assert (half / "report.json").is_file()
     csv = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False)
@@ -325,12 +327,27 @@ def test_resume_after_an_interrupted_run(
 
 
 def test_half_written_run_folder_is_redone(tmp_path: Path, quick_fit_args: list[str]) -> None:
-    """A folder with config.yaml but no report.json (killed mid-fit) does not block the rerun."""
+    """Leftovers of a process killed mid-run (a 'running' record and heartbeat of a dead pid,
+    a stale error.txt) read as failed and do not block the rerun."""
+    import socket
+    import subprocess
+    import sys
+
+    from spatialspec.sweep.status import run_state
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     half = tmp_path / "runs" / "seg" / "budget-0" / "seed-1"
     (half / "checkpoints").mkdir(parents=True)
-    (half / "config.yaml").write_text("method: seg\n")
-    (half / "checkpoints" / "last.ckpt").write_bytes(b"partial")
+    stamp = time.time() - 60
+    where = {"pid": dead.pid, "host": socket.gethostname()}
+    (half / "sweep_run.json").write_text(
+        json.dumps({"status": "running", "started_at": stamp, **where})
+    )
+    (half / "heartbeat.json").write_text(json.dumps({"time": stamp, "interval_s": 30, **where}))
     (half / "error.txt").write_text("stale")
+    state = run_state(half)
+    assert state.status == "failed" and "process gone" in state.detail
     frame = _sweep(tmp_path, quick_fit_args, methods="seg", budgets="0")
     assert frame["status"].tolist() == ["finished"]
     assert (half / "report.json").is_file() and not (half / "error.txt").exists()
@@ -383,7 +400,7 @@ def test_parallel_jobs_run_in_separate_processes(tmp_path: Path, quick_fit_args:
     assert json.loads((tmp_path / "sweep.json").read_text())["jobs"] == 2
     records = [json.loads((Path(d) / "sweep_run.json").read_text()) for d in frame["run_dir"]]
     assert all(r["pid"] != os.getpid() for r in records)  # spawned workers
-    assert {r["torch_threads"] for r in records} == {max(1, sweep._cores() // 2)}
+    assert {r["torch_threads"] for r in records} == {max(1, sweep_run.cores() // 2)}
 
 
 # -------------------------------------------------------------------------- stopping workers
@@ -393,7 +410,7 @@ def test_sigterm_becomes_system_exit_while_workers_run() -> None:
     import signal
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as exc, sweep._sigterm_as_exit():
+    with pytest.raises(SystemExit) as exc, sweep_run.sigterm_as_exit():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
     assert exc.value.code == 143
@@ -412,7 +429,7 @@ def test_stop_workers_terminates_running_fits() -> None:
         time.sleep(0.1)
     processes = list(pool._processes.values())
     start = time.monotonic()
-    sweep._stop_workers(pool)
+    local._stop_workers(pool)
     assert time.monotonic() - start < 20  # not the 60 s of the running tasks
     # by /proc, not is_alive(): the pool's manager thread reaps the same children concurrently
     assert len(processes) == 2 and all(_state(p.pid) in (None, "Z") for p in processes)
@@ -436,11 +453,11 @@ def test_workers_die_when_the_sweep_process_is_killed(tmp_path: Path) -> None:
     script = f"""
 import multiprocessing, os, signal, time
 from pathlib import Path
-from spatialspec import sweep
+from spatialspec.sweep import local
 
 def child():
     signal.signal(signal.SIGTERM, lambda *_: None)  # as Lightning's handler during a fit
-    sweep._die_with_parent(int(os.environ["PARENT"]))
+    local._die_with_parent(int(os.environ["PARENT"]))
     Path({str(pid_file)!r}).write_text(str(os.getpid()))
     time.sleep(120)
 

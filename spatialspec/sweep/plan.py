@@ -1,0 +1,139 @@
+"""The plan of a sweep: methods × mask budgets × seeds -> runs, and where each run lives.
+
+A run is finished iff its folder holds ``report.json`` (written atomically, after everything
+else the run needs), so any launcher, interrupted anywhere, leaves a folder that a re-run of
+the sweep either skips or resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spatialspec.data.budget import parse_budget
+
+#: ``budget`` of the methods that ignore masks (they run once per seed).
+NO_BUDGET = "-"
+#: Files of a run folder (besides the fit's own ``config.yaml``, ``run.json``, ``checkpoints/``).
+REPORT = "report.json"
+ERROR = "error.txt"
+RUN_INFO = "sweep_run.json"
+HEARTBEAT = "heartbeat.json"
+SUBMITTED = "submitted.json"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One cell of the grid.
+
+    Attributes:
+        method: Registered method name.
+        budget: Canonical budget label (:func:`budget_label`), or :data:`NO_BUDGET` for a method
+            that ignores masks.
+        seed: Training seed, also the seed of the budget's mask selection.
+    """
+
+    method: str
+    budget: str
+    seed: int
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether the run has a mask budget (False for ``binary``)."""
+        return self.budget != NO_BUDGET
+
+    @property
+    def name(self) -> str:
+        """Run folder below ``DIR/runs``: ``seg/budget-10/seed-1`` or ``binary/seed-1``."""
+        if not self.uses_masks:
+            return f"{self.method}/seed-{self.seed}"
+        return f"{self.method}/budget-{self.budget}/seed-{self.seed}"
+
+
+def budget_label(value: Any) -> str:
+    """Canonical text of a budget: ``"all"``, a count (``"25"``) or a fraction (``"0.1"``).
+
+    ``10%`` and ``0.1`` give the same label (and so the same run folder).
+
+    Raises:
+        ValueError: If :func:`~spatialspec.data.budget.parse_budget` rejects ``value``.
+    """
+    parsed = parse_budget(value)
+    if parsed is None:
+        return "all"
+    return str(parsed)  # int -> "25"; float keeps its point -> "0.1", "1.0"
+
+
+def items(values: str | Iterable[Any]) -> list[Any]:
+    """A comma-separated string or an iterable as a list without blanks and duplicates."""
+    if isinstance(values, str):
+        values = values.split(",")
+    out: list[Any] = []
+    for value in values:
+        value = value.strip() if isinstance(value, str) else value
+        if value != "" and value not in out:
+            out.append(value)
+    return out
+
+
+def _seeds(seeds: str | Iterable[Any]) -> list[int]:
+    out: list[int] = []
+    for seed in items(seeds):
+        try:
+            number = int(seed)
+        except (TypeError, ValueError):
+            raise ValueError(f"seeds must be integers, got {seed!r}") from None
+        if number not in out:
+            out.append(number)
+    return out
+
+
+def _ignores_masks(method: str) -> bool:
+    """Whether a registered method trains on image labels only (KeyError lists valid names)."""
+    from spatialspec.methods import METHODS
+
+    return METHODS.get(method).annotation == "label"
+
+
+def plan(
+    methods: str | Iterable[str], budgets: str | Iterable[Any], seeds: str | Iterable[Any]
+) -> list[SweepRun]:
+    """The runs of a sweep, seed by seed (so an interrupted sweep has whole seeds done first).
+
+    Args:
+        methods: Registered method names (a list or ``"binary,seg"``).
+        budgets: Mask budgets (anything :func:`budget_label` accepts, or ``"0,25,all"``).
+        seeds: Training seeds (ints or ``"1,2,3"``).
+
+    Returns:
+        Methods that ignore masks once per seed; the others once per budget and seed.
+
+    Raises:
+        KeyError: An unknown method (the message lists the valid names).
+        ValueError: A bad budget or seed, or an empty list.
+    """
+    names = items(methods)
+    labels = list(dict.fromkeys(budget_label(b) for b in items(budgets)))
+    seed_list = _seeds(seeds)
+    for kind, values in (("methods", names), ("budgets", labels), ("seeds", seed_list)):
+        if not values:
+            raise ValueError(f"a sweep needs at least one of {kind}")
+    once = {m: _ignores_masks(m) for m in names}
+    return [
+        SweepRun(method, budget, seed)
+        for seed in seed_list
+        for method in names
+        for budget in ([NO_BUDGET] if once[method] else labels)
+    ]
+
+
+def run_dir_of(out: str | Path, run: SweepRun) -> Path:
+    """``DIR/runs/<run.name>``."""
+    return Path(out) / "runs" / run.name
+
+
+def is_finished(out: str | Path, run: SweepRun) -> bool:
+    """A run is finished iff its ``report.json`` exists."""
+    return (run_dir_of(out, run) / REPORT).is_file()

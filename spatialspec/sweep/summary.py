@@ -1,0 +1,208 @@
+"""Summaries of a sweep from its run folders: ``summary.csv``, ``summary.md``, the chart.
+
+* ``summary.csv``: one row per planned run (:data:`SUMMARY_COLUMNS`), whatever its state;
+* ``summary.md``: mean ± sd and the mean with a 95 % t-interval over the finished seeds per
+  method × budget, the chart, the unfinished runs and the sweep's wall time;
+* ``robust_auroc_vs_masks.png`` (:mod:`spatialspec.sweep.plot`).
+
+Everything is read from the folders (:func:`~spatialspec.sweep.status.run_state`), so
+``spatialspec sweep --out DIR --collect`` summarises the finished runs of a sweep still in
+flight on any launcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from spatialspec.data.budget import apply_mask_budget
+from spatialspec.data.io import atomic_open
+from spatialspec.data.manifest import load_manifest
+from spatialspec.runinfo import write_json_atomic, write_text_atomic
+from spatialspec.sweep.aggregate import aggregate
+from spatialspec.sweep.folder import SWEEP_JSON
+from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, run_dir_of
+from spatialspec.sweep.plot import CHART, plot_sweep
+from spatialspec.sweep.status import read_json, run_state
+
+#: Columns of ``summary.csv``, in order.
+SUMMARY_COLUMNS = (
+    "method", "budget", "n_masks", "seed", "robust_auroc", "robust_auroc_lo", "robust_auroc_hi",
+    "auroc", "auroc_lo", "auroc_hi", "n_robust", "run_dir", "status", "seconds", "error",
+)  # fmt: skip
+_NAN = float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# One row per run
+# ---------------------------------------------------------------------------------------------
+
+
+def _n_masks(run: SweepRun, run_dir: Path, manifests: dict[str, pd.DataFrame]) -> float:
+    """Training positives that kept their masks in this run: the data module's own record in
+    ``run.json``, else the budget of the run's resolved config applied to its manifest."""
+    if not run.uses_masks:
+        return 0
+    recorded = (read_json(run_dir / "run.json") or {}).get("mask_budget") or {}
+    if "n_masks" in recorded:
+        return int(recorded["n_masks"])
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+        path = str(data["manifest"])
+        if path not in manifests:
+            manifests[path] = load_manifest(path, check_files=False)
+        budget = data.get("mask_budget")
+        _, info = apply_mask_budget(
+            manifests[path],
+            "all" if budget is None else budget,
+            seed=int(data.get("budget_seed") or 0),
+        )
+    except (OSError, KeyError, TypeError, ValueError):
+        return _NAN
+    return int(info["n_masks"])
+
+
+def _seconds(run_dir: Path) -> float:
+    recorded = read_json(run_dir / RUN_INFO) or {}
+    if recorded.get("status") == "finished" and recorded.get("seconds") is not None:
+        return float(recorded["seconds"])
+    fit = (read_json(run_dir / "run.json") or {}).get("fit_seconds")
+    return _NAN if fit is None else float(fit)
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in ("robust_auroc", "auroc"):
+        lo, hi = report.get(f"{key}_ci") or (None, None)
+        for name, value in ((key, report.get(key)), (f"{key}_lo", lo), (f"{key}_hi", hi)):
+            out[name] = _NAN if value is None else float(value)
+    out["n_robust"] = report.get("n_robust", _NAN)
+    return out
+
+
+def collect_summary(out: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
+    """One row per run of ``runs`` from the run folders below ``out`` (:data:`SUMMARY_COLUMNS`).
+
+    ``status`` is the run's :func:`~spatialspec.sweep.status.run_state` (finished, running,
+    pending or failed, with the failure's last line in ``error``); the metrics of unfinished
+    runs are NaN.
+    """
+    manifests: dict[str, pd.DataFrame] = {}
+    rows = []
+    for run in runs:
+        run_dir = run_dir_of(out, run)
+        state = run_state(run_dir)
+        finished = state.status == "finished"
+        report = read_json(run_dir / REPORT) if finished else None
+        row = {
+            "method": run.method,
+            "budget": run.budget,
+            "n_masks": _n_masks(run, run_dir, manifests),
+            "seed": run.seed,
+            **_metrics(report or {}),
+            "run_dir": str(run_dir),
+            "status": state.status,
+            "seconds": _seconds(run_dir) if finished else _NAN,
+            "error": state.detail if state.status == "failed" else "",
+        }
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    frame["n_masks"] = frame["n_masks"].astype("Int64")
+    frame["n_robust"] = frame["n_robust"].astype("Int64")
+    return frame
+
+
+def _fmt(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.3f}"
+
+
+def _mean_sd(row: pd.Series, key: str) -> str:
+    mean, sd = row[f"{key}_mean"], row[f"{key}_sd"]
+    return _fmt(mean) if not np.isfinite(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def _mean_ci(row: pd.Series, key: str) -> str:
+    lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
+    return _fmt(row[f"{key}_mean"]) + ("" if not np.isfinite(lo) else f" [{lo:.3f}, {hi:.3f}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.md and the files
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_markdown(frame: pd.DataFrame, info: dict[str, Any]) -> str:
+    """``summary.md``: the method × budget table, the chart, and the unfinished runs."""
+    table = aggregate(frame)
+    lines = [
+        "# spatialspec sweep: robust AUROC vs. pixel annotations",
+        "",
+        f"Config `{info.get('config')}`; overrides `{' '.join(info['settings']['overrides'])}`; "
+        f"seeds {', '.join(map(str, info.get('seeds', [])))}.",
+        "",
+        "Test robust AUROC (images where the spurious feature disagrees with the label; 0.5 is "
+        "chance) over training seeds: mean ± sd and the mean with a 95 % t-interval (n − 1 "
+        "degrees of freedom; – with one seed). `masks`: training positives that kept their "
+        "pixel annotation; `binary` uses none (budget `-`).",
+        "",
+        "| method | budget | masks | seeds | robust AUROC mean ± sd | robust AUROC [95 % t-CI] "
+        "| AUROC mean ± sd | AUROC [95 % t-CI] |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        masks = "–" if pd.isna(row["n_masks"]) else f"{int(row['n_masks'])}"
+        lines.append(
+            f"| {row['method']} | {row['budget']} | {masks} | {row['n_seeds']} | "
+            f"{_mean_sd(row, 'robust_auroc')} | {_mean_ci(row, 'robust_auroc')} | "
+            f"{_mean_sd(row, 'auroc')} | {_mean_ci(row, 'auroc')} |"
+        )
+    lines += ["", f"![robust AUROC vs. masks]({CHART})", ""]
+    lines += _unfinished_lines(frame)
+    lines.append(_wall_line(len(frame), info))
+    return "\n".join(lines) + "\n"
+
+
+def _wall_line(n_runs: int, info: dict[str, Any]) -> str:
+    """Wall time of the sweep: every invocation's that waited for its runs (not a submission
+    that returned at once), so a no-op resume does not hide the work."""
+    history = [h for h in info.get("invocations") or [] if h.get("waited", True)]
+    if not history:
+        return f"{n_runs} runs."
+    line = f"{n_runs} runs; wall time {sum(h['wall_seconds'] for h in history):.0f} s"
+    if len(history) == 1:
+        return line + "."
+    last = history[-1]
+    return line + (
+        f" over {len(history)} invocations (the last trained {last['runs_run']} run(s) in "
+        f"{last['wall_seconds']:.0f} s)."
+    )
+
+
+def _unfinished_lines(frame: pd.DataFrame) -> list[str]:
+    lines = []
+    for status in ("failed", "running", "pending"):
+        rows = frame[frame["status"] == status]
+        if rows.empty:
+            continue
+        hint = "still in flight" if status == "running" else "re-run the command to retry"
+        lines.append(f"**{status} runs** ({len(rows)}; {hint}):")
+        lines += [f"- `{r.run_dir}` {r.error}".rstrip() for r in rows.itertuples()]
+        lines.append("")
+    return lines
+
+
+def write_summaries(out: str | Path, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+    """Write ``summary.csv``, ``summary.md``, the chart and ``sweep.json`` (all atomically)."""
+    out = Path(out)
+    with atomic_open(out / "summary.csv", "w", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    plot_sweep(frame, out / CHART)
+    write_text_atomic(out / "summary.md", summary_markdown(frame, info))
+    counts = frame["status"].value_counts().to_dict()
+    status = "complete" if counts.get("finished", 0) == len(frame) else "incomplete"
+    write_json_atomic(out / SWEEP_JSON, {**info, "status": status, "counts": counts})

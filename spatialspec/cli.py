@@ -265,21 +265,37 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+#: Exit code of a fit that checkpointed and requeued its SLURM job (the job ends; SLURM
+#: starts it again and ``--resume auto`` continues).
+EXIT_REQUEUED = 3
+
+
+def _run_fit(argv: Sequence[str]) -> int:
+    """``spatialspec fit``; the closing line comes from rank 0 only."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from spatialspec.training import Requeued, fit
+
+    try:
+        info = fit(argv)
+    except Requeued as stop:
+        print(f"spatialspec fit: requeued: {stop}", file=sys.stderr)
+        return EXIT_REQUEUED
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ModuleNotFoundError) as err:
+        print(f"spatialspec fit: error: {_message(err)}", file=sys.stderr)
+        return 2
+    if rank_zero_only.rank == 0:
+        best = f"{info['monitor']}={info['best_score']}"
+        print(f"best checkpoint: {info['best_checkpoint']} ({best})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spatialspec`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_lightning()
     if argv and argv[0] == "fit":
-        from spatialspec.training import fit
-
-        try:
-            info = fit(argv[1:])
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
-            print(f"spatialspec fit: error: {_message(err)}", file=sys.stderr)
-            return 2
-        best = f"{info['monitor']}={info['best_score']}"
-        print(f"best checkpoint: {info['best_checkpoint']} ({best})")
-        return 0
+        return _run_fit(argv[1:])
     args = build_parser(argv[0] if argv else "").parse_args(argv)
     try:
         if args.command == "prepare":

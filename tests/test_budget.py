@@ -186,12 +186,12 @@ def test_datamodule_uses_the_share_only_under_a_budget(tiny_synthetic) -> None:
     kwargs = {"batch_size": 8, "annotated_batch_fraction": 0.5, "augment": False}
     data = SpatialDataModule(str(tiny_synthetic), mask_budget="25%", budget_seed=1, **kwargs)
     loader = data.train_dataloader()
-    assert isinstance(loader.batch_sampler, AnnotatedShareBatchSampler)
+    assert isinstance(loader.batch_sampler.draw, AnnotatedShareBatchSampler)
     batch = next(iter(loader))
     assert batch["image"].shape[0] == 8 and int(batch["mask_available"].sum()) == 4
     assert data.val_dataloader().batch_size == 16  # evaluation batches are untouched
     plain = SpatialDataModule(str(tiny_synthetic), **kwargs).train_dataloader()  # all masked
-    assert not isinstance(plain.batch_sampler, AnnotatedShareBatchSampler)
+    assert not isinstance(plain.batch_sampler.draw, AnnotatedShareBatchSampler)
     with pytest.raises(ValueError, match="annotated_batch_fraction"):
         SpatialDataModule(str(tiny_synthetic), annotated_batch_fraction=1.5)
 

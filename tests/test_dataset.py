@@ -258,17 +258,22 @@ def _augmented_stream(dm: SpatialDataModule, workers: int, n: int = 8) -> list[t
     return [batch["image"][0] for _, batch in zip(range(n), loader, strict=False)]
 
 
-def test_training_augmentations_follow_the_torch_seed(tiny_synthetic: Path) -> None:
-    """albumentations ignores global seeds: the datamodule seeds it from torch's generator."""
-    dm = SpatialDataModule(str(tiny_synthetic), image_size=64, batch_size=4)
+def test_training_augmentations_follow_the_seed_epoch_and_index(tiny_synthetic: Path) -> None:
+    """A keyed sample is augmented from (seed, epoch, index) alone; plain indices draw on."""
+    from spatialspec.data.samplers import SampleKey
 
-    def first_samples(seed: int) -> torch.Tensor:
-        torch.manual_seed(seed)
-        ds = dm.dataset("train", train=True)
-        return torch.stack([ds[0]["image"] for _ in range(6)])  # same image, 6 draws
+    def sample(seed: int, key: SampleKey | int) -> torch.Tensor:
+        dm = SpatialDataModule(str(tiny_synthetic), image_size=64, batch_size=4, seed=seed)
+        return dm.dataset("train", train=True)[key]["image"]
 
-    assert torch.equal(first_samples(0), first_samples(0))
-    assert not torch.equal(first_samples(0), first_samples(1))
+    key = SampleKey(epoch=2, index=0)
+    assert torch.equal(sample(0, key), sample(0, key))
+    draws = {tuple(sample(s, k).flatten()[:64].tolist())
+             for s, k in [(0, key), (1, key), (0, SampleKey(3, 0))]}  # fmt: skip
+    assert len(draws) == 3  # another seed or another epoch: another augmentation
+    ds = SpatialDataModule(str(tiny_synthetic), image_size=64, seed=0).dataset("train", True)
+    assert not torch.equal(ds[0]["image"], ds[0]["image"])  # a plain index: the running state
+    assert torch.equal(ds[key]["image"], sample(0, key))  # ...which keyed samples do not use
 
 
 def test_each_worker_draws_its_own_augmentations(tiny_synthetic: Path, tmp_path: Path) -> None:

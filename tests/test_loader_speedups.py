@@ -306,11 +306,11 @@ def test_datamodule_undersamples_training_only(tiny_synthetic: Path, tmp_path: P
     dm = SpatialDataModule(str(manifest), batch_size=5, undersample_negatives=1.5)
 
     def epochs(seed: int) -> list[list[str]]:
-        torch.manual_seed(seed)
+        dm.seed = seed
         loader = dm.train_dataloader()
         out = []
         for epoch in range(3):
-            loader.sampler.set_epoch(epoch)
+            loader.batch_sampler.set_epoch(epoch)
             out.append([i for batch in loader for i in batch["image_id"]])
         return out
 
@@ -339,7 +339,7 @@ def test_undersampled_fast_dev_run_fit(tiny_synthetic: Path, tmp_path: Path, sma
 
     class Spy(L.Callback):
         def on_train_epoch_start(self, trainer, module) -> None:
-            epochs.append(trainer.train_dataloader.sampler.epoch)
+            epochs.append(trainer.train_dataloader.batch_sampler.epoch)
 
     trainer = L.Trainer(
         max_epochs=2, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
@@ -349,8 +349,9 @@ def test_undersampled_fast_dev_run_fit(tiny_synthetic: Path, tmp_path: Path, sma
     trainer.fit(method, datamodule=data)
     assert trainer.global_step == 4
     assert epochs == [0, 1]  # Lightning called set_epoch before each epoch
-    assert isinstance(trainer.train_dataloader.sampler, NegativeUndersampler)
-    assert len(trainer.train_dataloader.sampler) == 12
+    draw = trainer.train_dataloader.batch_sampler.draw
+    assert isinstance(draw.source, NegativeUndersampler)
+    assert len(draw.source) == 12 and len(draw) == 3  # 12 rows in batches of 4
     assert any((tmp_path / "cache").rglob("*.npy"))
 
     dev = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False,

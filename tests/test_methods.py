@@ -135,7 +135,10 @@ class MethodTester:
         assert type(loaded) is type(built["model"])
         assert loaded.backbone == built["model"].backbone
         hparams = yaml.safe_load((out / "logs" / "hparams.yaml").read_text())
-        assert hparams["backbone"]["encoder_name"] == built["model"].backbone.encoder_name
+        # the loggers get the whole resolved run config, model section included
+        backbone = hparams["model"]["backbone"]
+        assert backbone["encoder_name"] == built["model"].backbone.encoder_name
+        assert hparams["method"] == name and hparams["data"]["manifest"]
         assert not loaded.training
         assert config["method"] == name
         assert config["data"]["manifest"] == built["data"].manifest_path

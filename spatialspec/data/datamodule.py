@@ -3,21 +3,47 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from spatialspec.data.budget import apply_mask_budget, parse_budget
 from spatialspec.data.cache import ImageCache
 from spatialspec.data.dataset import ManifestDataset
 from spatialspec.data.manifest import load_manifest
 from spatialspec.data.roi import check_masking
+from spatialspec.data.samplers import (
+    AnnotatedShareBatchSampler,
+    EpochBatchSampler,
+    EpochDraw,
+    IndexBatches,
+    NegativeUndersampler,
+    ResumableLoader,
+    ShardSampler,
+    ShuffleDraw,
+    check_annotated_fraction,
+)
 from spatialspec.data.transforms import build_augmentation
+
+__all__ = [  # the samplers are re-exported: they were defined here before samplers.py
+    "AnnotatedShareBatchSampler",
+    "NegativeUndersampler",
+    "SpatialDataModule",
+    "check_annotated_fraction",
+    "seed_worker_transform",
+]
+
+#: Independent streams of the data module's seed (one per kind of draw).
+_STREAMS = {"augment": 1, "shuffle": 2, "undersample": 3, "annotated": 4, "loader": 5}
+
+
+def _subseed(seed: int, stream: str) -> int:
+    """A 31-bit seed of ``stream``, independent of the other streams of ``seed``."""
+    return int(np.random.SeedSequence([seed, _STREAMS[stream]]).generate_state(1)[0] >> 1)
 
 
 def seed_worker_transform(worker_id: int) -> None:
@@ -32,148 +58,14 @@ def seed_worker_transform(worker_id: int) -> None:
         info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
-class NegativeUndersampler(Sampler[int]):
-    """All positives plus a fresh random subset of the negatives every epoch, shuffled.
-
-    Epoch ``e`` uses ``min(n_neg, round(ratio * n_pos))`` negatives drawn from ``(seed, e)``
-    alone, so a run is reproducible. Lightning calls :meth:`set_epoch` before every epoch; a
-    plain loop that does not moves on to the next epoch's draw after each pass.
-
-    Args:
-        labels: Per-dataset-index label (positive: > 0.5).
-        ratio: Negatives per positive (> 0).
-        seed: Seed of the draws.
-    """
-
-    def __init__(self, labels: Sequence[float] | np.ndarray, ratio: float, seed: int = 0) -> None:
-        if not (ratio > 0 and math.isfinite(ratio)):
-            raise ValueError(f"undersample_negatives must be a positive ratio, got {ratio}")
-        labels = np.asarray(labels, dtype=float)
-        self.positives = np.flatnonzero(labels > 0.5)
-        self.negatives = np.flatnonzero(labels <= 0.5)
-        if self.positives.size == 0:
-            raise ValueError("undersample_negatives needs positives, but the split has none")
-        self.num_negatives = min(self.negatives.size, round(ratio * self.positives.size))
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the draw of epoch ``epoch``."""
-        self.epoch = epoch
-
-    def indices(self, epoch: int) -> np.ndarray:
-        """Shuffled dataset indices of epoch ``epoch``."""
-        rng = np.random.default_rng([self.seed, epoch])
-        negatives = rng.choice(self.negatives, self.num_negatives, replace=False)
-        return rng.permutation(np.concatenate([self.positives, negatives]))
-
-    def __iter__(self) -> Iterator[int]:
-        chosen = self.indices(self.epoch)
-        self.epoch += 1  # the next pass draws anew unless set_epoch says otherwise
-        return iter(chosen.tolist())
-
-    def __len__(self) -> int:
-        return self.positives.size + self.num_negatives
-
-
-class AnnotatedShareBatchSampler(Sampler[list[int]]):
-    """Training batches in which at least a given share of rows has a pixel annotation.
-
-    Under a small mask budget only a few training images keep their annotation, and plain
-    shuffling gives each batch a handful of them; this sampler puts
-    ``k = max(round(fraction * batch_size), round(batch_size * n_annotated / n))`` annotated rows
-    in every batch (never fewer than shuffling would on average) and fills the rest with rows
-    without one, as the mean teacher's two-stream batch sampler does (Tarvainen & Valpola 2017).
-    An epoch has ``len(epoch_indices) // batch_size`` batches (at least 1), like a shuffled
-    loader that drops its last partial batch. The annotated rows cycle, reshuffled on every pass;
-    the others are drawn without replacement from a fresh permutation each epoch (so with ``k``
-    above the natural share some of them sit an epoch out, different ones each time). Every
-    draw comes from ``(seed, epoch)`` alone.
-
-    Args:
-        annotated: Per-dataset-index flag: the row has a known annotation (``mask_available``).
-        batch_size: Rows per batch.
-        fraction: Minimum share of annotated rows per batch, in (0, 1).
-        seed: Seed of the draws.
-        base: Sampler whose epoch indices to batch (a :class:`NegativeUndersampler`); None: all
-            dataset indices.
-    """
-
-    def __init__(
-        self,
-        annotated: Sequence[bool] | np.ndarray,
-        batch_size: int,
-        fraction: float,
-        seed: int = 0,
-        base: NegativeUndersampler | None = None,
-    ) -> None:
-        check_annotated_fraction(fraction)
-        if batch_size < 2:
-            raise ValueError(f"annotated_batch_fraction needs batch_size >= 2, got {batch_size}")
-        self.annotated = np.asarray(annotated, dtype=bool)
-        if self.annotated.all() or not self.annotated.any():
-            raise ValueError("annotated_batch_fraction needs rows with and without annotation")
-        self.batch_size, self.fraction, self.seed, self.base = batch_size, fraction, seed, base
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the draw of epoch ``epoch`` (Lightning calls this before every epoch)."""
-        self.epoch = epoch
-        if self.base is not None:
-            self.base.set_epoch(epoch)
-
-    def _epoch_indices(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
-        if self.base is not None:
-            return self.base.indices(epoch)
-        return rng.permutation(self.annotated.size)
-
-    def _n_annotated(self, n_annotated: int, n: int) -> int:
-        """Annotated rows per batch, for an epoch of ``n`` rows of which ``n_annotated`` are."""
-        if n_annotated == 0 or n_annotated == n:  # an undersampled epoch may hold one kind only
-            return self.batch_size if n_annotated else 0
-        natural = round(self.batch_size * n_annotated / n)
-        return min(max(round(self.fraction * self.batch_size), natural), self.batch_size - 1)
-
-    def batches(self, epoch: int) -> list[list[int]]:
-        """The batches of epoch ``epoch``."""
-        rng = np.random.default_rng([self.seed, epoch])
-        indices = self._epoch_indices(epoch, rng)
-        flags = self.annotated[indices]
-        pool_a, pool_u = indices[flags], indices[~flags]
-        n_batches = max(1, indices.size // self.batch_size)
-        k = self._n_annotated(pool_a.size, indices.size)
-        u = self.batch_size - k
-        annotated = _cycle(pool_a, n_batches * k, rng).reshape(n_batches, k)
-        others = _cycle(pool_u, n_batches * u, rng).reshape(n_batches, u)
-        rows = np.concatenate([annotated, others], axis=1)  # (n_batches, batch_size)
-        return [rng.permutation(row).tolist() for row in rows]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self.batches(self.epoch)
-        self.epoch += 1  # the next pass draws anew unless set_epoch says otherwise
-        return iter(batches)
-
-    def __len__(self) -> int:
-        size = len(self.base) if self.base is not None else self.annotated.size
-        return max(1, size // self.batch_size)
-
-
-def _cycle(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` items of ``pool`` in passes, each pass a fresh permutation (no repeats within)."""
-    if n == 0 or pool.size == 0:
-        return pool[:0]
-    passes = -(-n // pool.size)
-    return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:n]
-
-
-def check_annotated_fraction(fraction: float | None) -> None:
-    """``data.annotated_batch_fraction`` must be None or in (0, 1)."""
-    if fraction is not None and not (0 < fraction < 1):
-        raise ValueError(f"annotated_batch_fraction must be in (0, 1) or null, got {fraction}")
-
-
 class SpatialDataModule(L.LightningDataModule):
     """Train / val / test loaders from one manifest.
+
+    Training draws (shuffling, undersampling, annotated batches, augmentation) are functions of
+    ``(seed, epoch)`` alone (see :mod:`spatialspec.data.samplers`). Under DDP each process gets
+    its rank's share: the training batches of the single-process draw dealt out to the ranks,
+    and disjoint, unpadded evaluation shards, so validation metrics gathered over the ranks
+    equal the single-process ones. ``batch_size`` is per process.
 
     Args:
         manifest: Path of ``manifest.csv``.
@@ -210,6 +102,7 @@ class SpatialDataModule(L.LightningDataModule):
             bounding boxes.
         roi_masking_fill: ``mean`` (default; the mean intensity of the kept pixels), ``noise``
             (Gaussian with their mean and std, fixed per image) or ``zero``.
+        seed: Seed of the training draws; ``fit`` sets it to the run's seed.
     """
 
     def __init__(
@@ -230,6 +123,7 @@ class SpatialDataModule(L.LightningDataModule):
         roi_masking: str | None = None,
         roi_masking_region: str = "mask",
         roi_masking_fill: str = "mean",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         check_masking(roi_masking, roi_masking_region, roi_masking_fill)
@@ -253,6 +147,7 @@ class SpatialDataModule(L.LightningDataModule):
         self.roi_masking = roi_masking
         self.roi_masking_region = roi_masking_region
         self.roi_masking_fill = roi_masking_fill
+        self.seed = seed
         parse_budget(mask_budget)  # fail at construction, not at the first epoch
         #: What the budget kept (``n_masks``, ...); None without a budget.
         self.budget_info: dict | None = None
@@ -280,11 +175,10 @@ class SpatialDataModule(L.LightningDataModule):
     def dataset(self, split: str, train: bool = False) -> ManifestDataset:
         """Dataset of one split, augmented if ``train`` and augmentation is on."""
         augment = train and self.augment
-        # Drawn from torch's generator, so a seeded run augments reproducibly.
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if augment else None
+        seed = _subseed(self.seed, "augment")
         return ManifestDataset(
             self.split_frame(split),
-            build_augmentation(augment, seed=seed),
+            build_augmentation(augment, seed=seed if augment else None),
             self.annotation,
             self.channels,
             image_size=self.image_size,
@@ -292,44 +186,80 @@ class SpatialDataModule(L.LightningDataModule):
             roi_masking=self.roi_masking,
             roi_masking_region=self.roi_masking_region,
             roi_masking_fill=self.roi_masking_fill,
+            seed=seed,
         )
 
-    def _train_sampler(self, dataset: ManifestDataset) -> NegativeUndersampler | None:
-        """The undersampling sampler of the training split, or None (plain shuffling)."""
-        if self.undersample_negatives is None:
-            return None
-        # Drawn from torch's generator (after the augmentation seed): reproducible under a seed.
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        labels = [rec["label"] for rec in dataset.records]
-        return NegativeUndersampler(labels, self.undersample_negatives, seed=seed)
+    def train_draw(self, dataset: ManifestDataset) -> EpochDraw:
+        """The training batches of every epoch, as one process trains on them.
 
-    def _batch_sampler(
-        self, dataset: ManifestDataset, sampler: NegativeUndersampler | None
-    ) -> AnnotatedShareBatchSampler | None:
-        """Batches with a minimum annotated share, or None (no fraction set, or nothing to mix)."""
-        if self.annotated_batch_fraction is None:
-            return None
+        Negatives undersampled if ``undersample_negatives`` is set; batches with an annotated
+        share if ``annotated_batch_fraction`` is set and the split mixes rows with and without
+        an annotation; plain shuffling otherwise (the last partial batch dropped, unless the
+        split fits in one batch).
+        """
+        undersampler = None
+        if self.undersample_negatives is not None:
+            labels = [rec["label"] for rec in dataset.records]
+            seed = _subseed(self.seed, "undersample")
+            undersampler = NegativeUndersampler(labels, self.undersample_negatives, seed=seed)
         annotated = np.array([rec["mask_available"] > 0.5 for rec in dataset.records])
-        if annotated.all() or not annotated.any():
+        if self.annotated_batch_fraction is not None and annotated.any() and not annotated.all():
+            return AnnotatedShareBatchSampler(
+                annotated,
+                self.batch_size,
+                self.annotated_batch_fraction,
+                seed=_subseed(self.seed, "annotated"),
+                base=undersampler,
+            )
+        source = undersampler or ShuffleDraw(len(dataset), seed=_subseed(self.seed, "shuffle"))
+        return IndexBatches(source, self.batch_size, drop_last=len(source) > self.batch_size)
+
+    def _ranks(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of the attached trainer; ``(0, 1)`` without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _train_position(self) -> tuple[int, int, int] | None:
+        """``(epoch, batches trained in it, batches it has)`` of the attached trainer's fit."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
             return None
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        return AnnotatedShareBatchSampler(
-            annotated, self.batch_size, self.annotated_batch_fraction, seed=seed, base=sampler
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        total = trainer.num_training_batches
+        return trainer.current_epoch, done, int(total) if math.isfinite(total) else done + 1
+
+    def _generator(self) -> torch.Generator:
+        """Seeds of the loader's workers, drawn apart from the global RNG (whose state a
+        resumed fit restores: iterating a loader must not advance it)."""
+        return torch.Generator().manual_seed(_subseed(self.seed, "loader"))
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train=True)
+        rank, world = self._ranks()
+        batches = EpochBatchSampler(self.train_draw(dataset), rank, world)
+        if self.trainer is not None:
+            # The epoch Lightning is about to train (what it passes to set_epoch, too late for
+            # the iterator it creates first): a resumed or reloaded loader starts there.
+            batches.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return ResumableLoader(
+            dataset,
+            batch_sampler=batches,
+            position=self._train_position,
+            generator=self._generator(),
+            **self._worker_args(),
         )
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.dataset(split, train=train)
-        sampler = self._train_sampler(dataset) if train else None
-        batches = self._batch_sampler(dataset, sampler) if train else None
-        if batches is not None:
-            return DataLoader(dataset, batch_sampler=batches, **self._worker_args())
-        size = len(sampler) if sampler is not None else len(dataset)
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split, train=False)
+        rank, world = self._ranks()
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and size > self.batch_size,
+            batch_size=self.eval_batch_size,
+            sampler=ShardSampler(len(dataset), rank, world) if world > 1 else None,
+            shuffle=False,
+            generator=self._generator(),
             **self._worker_args(),
         )
 
@@ -340,15 +270,12 @@ class SpatialDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._eval_loader("test")
 
     def predict_loader(self, split: str) -> DataLoader:
         """Un-augmented loader over any split (for predictions)."""
-        return self._loader(split, train=False)
+        return self._eval_loader(split)

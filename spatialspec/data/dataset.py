@@ -27,7 +27,8 @@ from spatialspec.data.roi import (
     fill_region,
     image_rng,
 )
-from spatialspec.data.transforms import RESIZE_SPEC, resize_image, resize_mask
+from spatialspec.data.samplers import SampleKey
+from spatialspec.data.transforms import RESIZE_SPEC, reseed, resize_image, resize_mask
 
 ANNOTATIONS = ("label", "box", "mask")
 #: Fixed intensity normalisation: images in [0, 1] -> roughly zero mean, unit spread.
@@ -76,6 +77,11 @@ class ManifestDataset(Dataset):
         roi_masking_region: ``mask`` or ``box`` (the ROI's filled boxes).
         roi_masking_fill: ``mean``, ``noise`` (fixed per image id) or ``zero``.
         roi_masking_dilate: Pixels by which the spurious mask is grown.
+        seed: Base seed of the augmentation of samples fetched by
+            :class:`~spatialspec.data.samplers.SampleKey`: the sample of ``(epoch, index)`` is
+            augmented with a random state drawn from ``(seed, epoch, index)``, the same whatever
+            the worker, rank or restart. A plain integer index uses the pipeline's own running
+            random state.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class ManifestDataset(Dataset):
         roi_masking_region: str = "mask",
         roi_masking_fill: str = "mean",
         roi_masking_dilate: int = DEFAULT_DILATE,
+        seed: int = 0,
     ) -> None:
         check_masking(roi_masking, roi_masking_region, roi_masking_fill)
         if roi_masking == "original":
@@ -113,11 +120,16 @@ class ManifestDataset(Dataset):
         self.roi_masking_region = roi_masking_region
         self.roi_masking_fill = roi_masking_fill
         self.roi_masking_dilate = roi_masking_dilate
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | SampleKey) -> dict[str, Any]:
+        if isinstance(index, SampleKey):
+            if self.transform is not None:
+                reseed(self.transform, (self.seed, index.epoch, index.index))
+            index = index.index
         rec = self.records[index]
         # A negative's target is empty: its mask (e.g. a benign ISIC lesion) is never read.
         mask_path = rec["mask_path"] if rec["label"] and rec["mask_path"] else None

@@ -8,6 +8,7 @@ hold full-size images.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import albumentations as A
@@ -20,6 +21,7 @@ __all__ = [
     "RESIZE_SPEC",
     "build_augmentation",
     "build_transform",
+    "reseed",
     "resize_image",
     "resize_mask",
 ]
@@ -78,6 +80,19 @@ def _augmentations() -> list[A.BasicTransform]:
         ),
         _BrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
     ]
+
+
+def reseed(pipeline: A.Compose, entropy: tuple[int, ...]) -> None:
+    """Give ``pipeline`` one fresh random state drawn from ``entropy``, shared by its transforms.
+
+    ``Compose.set_random_seed`` gives every transform its own generator seeded with the *same*
+    seed, so their first draws coincide (with equal probabilities, all would fire together);
+    one shared stream per sample keeps the transforms' draws independent.
+    """
+    sequence = np.random.SeedSequence(list(entropy))
+    pipeline.set_random_state(
+        np.random.default_rng(sequence), random.Random(int(sequence.generate_state(1)[0]))
+    )
 
 
 def build_augmentation(augment: bool, seed: int | None = None) -> A.Compose | None:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import yaml
 
+from spatialspec.checkpoints import CheckpointError, read_checkpoint
 from spatialspec.data.datamodule import SpatialDataModule
 from spatialspec.methods import SpatialMethod, get_method
 
@@ -20,19 +21,26 @@ def load_checkpoint(path: str | Path) -> tuple[SpatialMethod, dict[str, Any]]:
 
     Returns:
         The method (eval mode) and its resolved run config (``{}`` if the checkpoint has none).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is not a usable spatialspec checkpoint (the message names it
+            and says why).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    info = ckpt.get("spatialspec")
-    if not info:
-        raise ValueError(f"{path} is not a spatialspec checkpoint (no 'spatialspec' entry)")
-    method = get_method(info["method"]).load_from_checkpoint(
-        path, map_location="cpu", weights_only=True
-    )
+    checkpoint = read_checkpoint(path)
+    info = checkpoint["spatialspec"]
+    try:
+        method = get_method(info["method"]).load_from_checkpoint(
+            path, map_location="cpu", weights_only=True
+        )
+    except (RuntimeError, TypeError, ValueError) as err:  # a state dict that does not fit
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {info['method']!r} network its "
+            f"hyper-parameters describe ({message})"
+        ) from None
     method.eval()
-    return method, yaml.safe_load(info["config"] or "{}") or {}
+    return method, yaml.safe_load(info.get("config") or "{}") or {}
 
 
 def datamodule_for(

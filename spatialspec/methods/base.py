@@ -62,7 +62,8 @@ class SpatialMethod(L.LightningModule):
         """
         caller = inspect.getargvalues(inspect.currentframe().f_back)
         hparams = {name: caller.locals[name] for name in caller.args if name != "self"}
-        self.save_hyperparameters({**hparams, "backbone": self.backbone.to_dict()})
+        # logger=False: ``fit`` logs the whole resolved run config to every logger instead
+        self.save_hyperparameters({**hparams, "backbone": self.backbone.to_dict()}, logger=False)
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:
@@ -106,13 +107,28 @@ class SpatialMethod(L.LightningModule):
         self.log("val/loss", losses["loss"], batch_size=labels.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/auroc", self.val_auroc.compute(), prog_bar=True)
-        self.log("val/robust_auroc", self.val_robust_auroc.compute(), prog_bar=True)
+        # compute() gathers the predictions of every rank (the states are concatenated), so
+        # the values are those of one process seeing the whole split; sync_dist averages these
+        # equal values (it only silences Lightning's warning about unsynced epoch metrics).
+        self.log("val/auroc", self.val_auroc.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/robust_auroc", self.val_robust_auroc.compute(), prog_bar=True, sync_dist=True)
         self.val_auroc.reset()
         self.val_robust_auroc.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"image_id": list(batch["image_id"]), "score": self.score(batch["image"]).float()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the weights of encoder modules the network no longer builds (a checkpoint saved
+        before :func:`~spatialspec.models.backbone.prune_unused` replaced them)."""
+        state = checkpoint.get("state_dict")
+        if not state:
+            return
+        expected = set(self.state_dict())
+        pruned = tuple(f"encoder.{name}." for name in self.net.pruned)
+        for key in [k for k in state if k not in expected]:
+            if any(part in key for part in pruned):
+                del state[key]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["spatialspec"] = {

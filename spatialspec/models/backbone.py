@@ -79,8 +79,56 @@ def _build_unet(cfg: BackboneConfig, image_head: bool) -> smp.Unet:
         ) from err
 
 
+def prune_unused(encoder: nn.Module, in_channels: int, stride: int) -> list[str]:
+    """Replace the encoder's modules that do not contribute to its features by ``Identity``.
+
+    smp builds every stage of an encoder even when ``encoder_depth`` uses fewer (ResNet's
+    ``layer4`` at depth 4 is never called; timm's MobileNetV3 features compute their last blocks
+    and drop them). Their parameters get no gradient, which DDP rejects unless it searches for
+    unused parameters on every step (``find_unused_parameters``). One tiny backward pass of the
+    deepest feature (which every later feature and head depends on) tells which modules take
+    part: a module none of whose parameters gets a gradient is replaced.
+
+    Args:
+        encoder: smp encoder (returns one feature map per stage, the input first).
+        in_channels: Its input channels.
+        stride: Its total stride (the smallest input side it accepts).
+
+    Returns:
+        Dotted names of the replaced modules, relative to ``encoder``.
+    """
+    mode = encoder.training
+    encoder.eval()  # no BatchNorm statistics are updated by the probe
+    try:
+        with torch.enable_grad():
+            probe = torch.zeros(1, in_channels, stride, stride)
+            encoder(probe)[-1].float().sum().backward()
+    finally:
+        encoder.train(mode)
+    used = {name for name, p in encoder.named_parameters() if p.grad is not None}
+    encoder.zero_grad(set_to_none=True)
+    pruned = []
+    for name, module in list(encoder.named_modules()):
+        params = [f"{name}.{n}" if name else n for n, _ in module.named_parameters()]
+        if (
+            name
+            and params
+            and not used & set(params)
+            and not any(name.startswith(f"{done}.") for done in pruned)
+        ):
+            encoder.set_submodule(name, nn.Identity())
+            pruned.append(name)
+    return pruned
+
+
 class SpatialNet(nn.Module):
     """Encoder with an optional image-level head and an optional U-Net decoder + pixel head.
+
+    Encoder modules that do not contribute to its features (stages beyond ``encoder_depth``)
+    are replaced by ``Identity`` at construction (:func:`prune_unused`), so every parameter of
+    the network is trained and DDP needs no search for unused parameters. Their names are in
+    :attr:`pruned`; checkpoints saved before the pruning still load (the methods drop those
+    weights).
 
     Args:
         cfg: Architecture.
@@ -93,11 +141,13 @@ class SpatialNet(nn.Module):
         if not (image_head or dense):
             raise ValueError("SpatialNet needs an image head, a dense head, or both")
         unet = _build_unet(cfg, image_head)
+        self.stride = 2**cfg.encoder_depth
+        #: Encoder modules replaced by ``Identity`` (names relative to ``encoder``).
+        self.pruned = prune_unused(unet.encoder, cfg.in_channels, self.stride)
         self.encoder = unet.encoder
         self.decoder = unet.decoder if dense else None
         self.pixel_head = unet.segmentation_head if dense else None
         self.image_head = unet.classification_head if image_head else None
-        self.stride = 2**cfg.encoder_depth
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 

@@ -312,6 +312,9 @@ def test_resume_after_an_interrupted_run(
     half = tmp_path / "runs" / "seg" / "budget-all" / "seed-1"
     assert first.is_file()
     assert (half / "checkpoints" / "best.ckpt").is_file() and not (half / "report.json").exists()
+    record = json.loads((half / "sweep_run.json").read_text())
+    assert (record["status"], record["reason"]) == ("interrupted", "KeyboardInterrupt")
+    assert not (half / "error.txt").exists()  # an interruption is no failure
     stamp = first.stat().st_mtime_ns
 
     calls = _counting_fit(monkeypatch)

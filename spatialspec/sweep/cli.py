@@ -255,15 +255,14 @@ def _collect(out: Path) -> int:
 def _run_one(out: Path, name: str) -> int:
     """One run in this process, as a printed line or a scheduler task calls it."""
     from spatialspec.sweep.folder import read_sweep
-    from spatialspec.sweep.run import configure_process, cores, run_named, sigterm_as_exit
+    from spatialspec.sweep.run import cores, run_named, sigterm_as_exit
 
     out = out.absolute()
     cwd = read_sweep(out).get("cwd")
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)  # the fit's relative paths resolve as when the sweep was planned
-    configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or cores()))
     with sigterm_as_exit():
-        result = run_named(out, name)
+        result = run_named(out, name, threads=cores())
     if result["status"] == "finished":
         already = " (already finished)" if result.get("already") else ""
         print(f"sweep: {name}: finished{already}")

@@ -226,11 +226,11 @@ def _checked(checks: dict[str, Any], key: str, value: Any, source: str, prefix: 
 
 def _unknown(key: str, valid: tuple[str, ...], source: str, prefix: str = "") -> ValueError:
     close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
     if not prefix and key in FIT_KEYS:
         hint = " (a fit key: put fit settings under set: or into the fit config)"
     return ValueError(
-        f"{source}: unknown key {prefix}{key!r}{hint}; valid keys: {', '.join(valid)}"
+        f"{source}: unknown key {prefix + key!r}{hint}; valid keys: {', '.join(valid)}"
     )
 
 

@@ -99,12 +99,20 @@ def gpu_line(assignment: Sequence[str | None]) -> str | None:
 def _init_worker(threads: int, parent: int | None = None, devices: Any = None) -> None:
     """Worker process setup: its GPU (from the ``devices`` queue, before torch starts CUDA),
     its share of the cores, death with the parent, and less chatter from Lightning."""
-    if devices is not None:
-        device = devices.get(timeout=60)
-        if device is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = device
+    _pin_gpu(devices)
     _die_with_parent(parent)
     configure_process(threads)
+
+
+def _pin_gpu(devices: Any) -> str | None:
+    """Take this worker's device from the ``devices`` queue and make it the only visible one
+    (``CUDA_VISIBLE_DEVICES``, read when torch starts CUDA); None without a queue."""
+    if devices is None:
+        return None
+    device = devices.get(timeout=60)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    return device
 
 
 def _die_with_parent(parent: int | None = None) -> None:

@@ -187,12 +187,15 @@ def _record_interruption(run_dir: Path, record: dict[str, Any], err: BaseExcepti
     )
 
 
-def execute_run(task: dict[str, Any]) -> dict[str, Any]:
+def execute_run(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """Fit and evaluate one run; failures are recorded in ``error.txt``, not raised.
 
     Args:
         task: ``name``, ``method``, ``budget``, ``seed``, ``run_dir``, ``argv`` (fit arguments)
             and ``n_resamples`` (see :func:`make_task`).
+        threads: Set up this process first (:func:`configure_process`: torch threads, quiet
+            Lightning) -- after the run is recorded as running, so that a fresh process shows
+            as running while it imports torch.
 
     Returns:
         ``task``'s identity plus ``status`` (finished | failed | requeued: under SLURM the fit
@@ -218,6 +221,8 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     write_json_atomic(run_dir / RUN_INFO, {**record, "status": "running"})
     try:
         with Heartbeat(run_dir), _keep_sigint():
+            if threads is not None:
+                configure_process(threads)
             record["torch_threads"] = _torch_threads()
             report = _fit_and_evaluate(task)
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM: stop, not just this run
@@ -277,7 +282,9 @@ def mark_requeued(run_dir: str | Path, why: str, record: dict[str, Any] | None =
 
 
 def cores() -> int:
-    """CPU cores this process may use."""
+    """CPU cores this process may use (``SLURM_CPUS_PER_TASK`` in a SLURM task)."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -317,12 +324,13 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_named(out: str | Path, name: str) -> dict[str, Any]:
+def run_named(out: str | Path, name: str, threads: int | None = None) -> dict[str, Any]:
     """Do the planned run ``name`` of the sweep in ``out`` (from its ``sweep.json``).
 
     Args:
         out: The sweep folder.
         name: The run's name, e.g. ``seg/budget-0.1/seed-1``.
+        threads: Torch threads of this process (see :func:`execute_run`).
 
     Returns:
         As :func:`execute_run`; a run that is already finished is not redone (``status``
@@ -338,4 +346,4 @@ def run_named(out: str | Path, name: str) -> dict[str, Any]:
     task = make_task(run, out, info["settings"])
     if is_finished(out, run):
         return {**identity(task), "status": "finished", "seconds": _NAN, "already": True}
-    return execute_run(task)
+    return execute_run(task, threads)

@@ -43,7 +43,7 @@ from spatialspec.sweep.config import SlurmConfig
 from spatialspec.sweep.heartbeat import iso
 from spatialspec.sweep.launcher import LAUNCHERS, LaunchContext, Launcher
 from spatialspec.sweep.plan import ERROR, RUN_INFO, SUBMITTED
-from spatialspec.sweep.run import configure_process, cores, mark_requeued, run_named
+from spatialspec.sweep.run import cores, mark_requeued, run_named
 from spatialspec.sweep.run import sigterm_as_exit as _sigterm_as_exit
 from spatialspec.sweep.status import count_line, read_json, run_state
 
@@ -95,10 +95,9 @@ class SlurmRun:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         if restarts > self.max_requeues:
             return self._give_up(restarts)
-        configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or cores()))
         try:
             with _sigterm_as_exit(), _requeue_on_signal(self.run_dir):
-                result = run_named(self.out, self.name)
+                result = run_named(self.out, self.name, threads=cores())
         except KeyboardInterrupt:
             print(f"spatialspec sweep: run {self.name} stopped", file=sys.stderr)
             raise SystemExit(143) from None

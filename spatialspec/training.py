@@ -385,7 +385,8 @@ def _run_info(
     point: ResumePoint | None,
     seconds: float,
 ) -> dict[str, Any]:
-    """``run.json``: the fit's outcome, and every invocation that trained the run."""
+    """``run.json``: the fit's outcome, and every invocation that trained the run to its end
+    (one killed or requeued records nothing; the next one records where it resumed from)."""
     previous = _read_json(Path(cfg.out_dir) / "run.json") if point is not None else {}
     invocations = list(previous.get("invocations", []))
     invocations.append(

@@ -10,8 +10,8 @@ such a checkpoint redoes the interrupted step on partly updated state.
 folder, same ``scontrol requeue``) but only *records* the signal in the handler; at the end of
 the current training batch it saves the checkpoint (with the data loader's position, so the
 requeued fit continues with the next batch of the same epoch; see
-:class:`~spatialspec.data.samplers.ResumableLoader`), requeues the job and stops the fit with
-:class:`Requeued`. Under DDP the ranks agree (any rank that got the signal counts) before any
+:class:`~spatialspec.data.samplers.ResumableLoader`) and requeues the job; the fit stops with
+:class:`Requeued` before the next batch (after Lightning has logged the checkpointed batch). Under DDP the ranks agree (any rank that got the signal counts) before any
 of them saves. Registering a handler before Lightning's signal connector runs keeps Lightning
 from installing its own.
 """
@@ -79,6 +79,7 @@ class BatchBoundaryRequeue(L.Callback):
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.requested = False
+        self.stopped: str | None = None  # set once checkpointed and requeued
         self._signal: signal.Signals | None = None
         self._previous: Any = None
 
@@ -108,10 +109,20 @@ class BatchBoundaryRequeue(L.Callback):
         requested = self.requested
         if trainer.world_size > 1:  # every rank must save at the same step
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested:
-            self._checkpoint_and_requeue(trainer)
+        if requested and self.stopped is None:
+            self.stopped = self._checkpoint_and_requeue(trainer)
 
-    def _checkpoint_and_requeue(self, trainer: L.Trainer) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if self.stopped is not None:
+            raise Requeued(self.stopped)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped is not None:  # the signal came during the last batch of the fit
+            raise Requeued(self.stopped)
+
+    def _checkpoint_and_requeue(self, trainer: L.Trainer) -> str:
         existing = hpc_checkpoints(self.folder)
         number = int(_HPC.search(existing[-1].name).group(1)) + 1 if existing else 1
         path = self.folder / f"hpc_ckpt_{number}.ckpt"
@@ -124,4 +135,4 @@ class BatchBoundaryRequeue(L.Callback):
                     f"saved {path}, but `scontrol requeue {job}` failed ({result.returncode}): "
                     f"{result.stderr.strip()}; resume with `spatialspec fit ... --resume auto`"
                 )
-        raise Requeued(f"saved {path} at step {trainer.global_step}; SLURM job {job} requeued")
+        return f"saved {path} at step {trainer.global_step}; SLURM job {job} requeued"

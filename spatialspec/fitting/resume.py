@@ -82,8 +82,9 @@ def find_resume(out_dir: str | Path, resume: str | None) -> ResumePoint | None:
     points = [ResumePoint(p, read_checkpoint(p, for_training=True)) for p in candidates]
     if not points:
         return None
-    # newest by training progress; a later hpc file wins a tie (saved after last.ckpt)
-    return max(points, key=lambda p: (p.global_step, p.epoch, candidates.index(p.path)))
+    # the most training; at the same step, the file written last (last.ckpt after validation
+    # at the end of the epoch in which a requeue checkpoint was taken after the last batch)
+    return max(points, key=lambda p: (p.global_step, p.path.stat().st_mtime_ns))
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

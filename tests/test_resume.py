@@ -154,7 +154,7 @@ def test_requeue_signal_checkpoints_mid_epoch_and_resumes_exactly(
 
     monkeypatch.setattr(training, "build_trainer", with_signal)
     run = tmp_path / "requeued"
-    with pytest.raises(Requeued, match="hpc_ckpt_1.ckpt at step 9"):
+    with pytest.raises(Requeued, match=r"hpc_ckpt_1\.ckpt at step 9"):
         fit([*base, "--out_dir", str(run), "--resume", "auto"])
     hpc = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)
     assert hpc["global_step"] == 9  # saved after batch 2 of epoch 1 (6 batches an epoch)

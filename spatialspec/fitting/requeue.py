@@ -11,7 +11,8 @@ folder, same ``scontrol requeue``) but only *records* the signal in the handler;
 the current training batch it saves the checkpoint (with the data loader's position, so the
 requeued fit continues with the next batch of the same epoch; see
 :class:`~spatialspec.data.samplers.ResumableLoader`) and requeues the job; the fit stops with
-:class:`Requeued` before the next batch (after Lightning has logged the checkpointed batch). Under DDP the ranks agree (any rank that got the signal counts) before any
+:class:`Requeued` before the next batch (after Lightning has logged the checkpointed batch).
+Under DDP the ranks agree (any rank that got the signal counts) before any
 of them saves. Registering a handler before Lightning's signal connector runs keeps Lightning
 from installing its own.
 """

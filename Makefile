@@ -21,7 +21,8 @@ SYNTH   := data/synthetic/manifest.csv
 DEMO_CKPTS := runs/demo/binary/checkpoints/best.ckpt runs/demo/seg/checkpoints/best.ckpt
 
 .PHONY: help install test test-fast demo prepare-synthetic train-binary train-bbox train-seg \
-        train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark lint format clean
+        train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark lint format clean \
+        slurm-start slurm-stop
 
 help:
 	@echo "make install        create $(VENV) and install spatialspec with its dev extras"
@@ -33,6 +34,8 @@ help:
 	@echo "make audit          masking, saliency, slice audits of the demo models -> results/audit/"
 	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
 	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s, cache and channels-last speed-ups"
+	@echo "make slurm-start    a one-node SLURM cluster here (root; slurm-wlm + munge from apt) for --launcher slurm"
+	@echo "make slurm-stop     stop it"
 	@echo "make lint / format  ruff"
 
 install: $(STAMP)
@@ -86,6 +89,13 @@ benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/channels_last.py
+
+# A real one-node SLURM cluster on this machine (tests/test_sweep_slurm.py starts it itself).
+slurm-start:
+	bash tools/slurm-local.sh start
+
+slurm-stop:
+	bash tools/slurm-local.sh stop
 
 lint: install
 	$(BIN)/ruff check spatialspec tests benchmarks

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ SEG = REPO / "configs" / "synthetic" / "seg.yaml"
 SLURM_LOCAL = REPO / "tools" / "slurm-local.sh"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+JOB_NAME = f"spatialspec-test-{os.getpid()}"
 
 
 def _cluster_up() -> bool:
@@ -57,6 +58,13 @@ def slurm() -> None:
         pytest.skip(f"could not start a local SLURM cluster: {reason[-1] if reason else '?'}")
 
 
+@pytest.fixture
+def no_leftover_jobs() -> Iterator[None]:
+    """Cancel this test's jobs afterwards, whatever happened (a failed test leaves none)."""
+    yield
+    subprocess.run(["scancel", f"--name={JOB_NAME}"], capture_output=True)
+
+
 def _recipe(tmp_path: Path, quick_fit_args: list[str]) -> Path:
     """The sweep as a file: 2 methods × 1 budget × 1 seed, 1 epoch, one task at a time."""
     overrides = dict(zip(quick_fit_args[::2], quick_fit_args[1::2], strict=True))
@@ -74,7 +82,7 @@ def _recipe(tmp_path: Path, quick_fit_args: list[str]) -> Path:
             "mem_gb": 2,
             "time_min": 10,
             "array_parallelism": 1,
-            "job_name": f"spatialspec-test-{os.getpid()}",
+            "job_name": JOB_NAME,
         },
     }
     path = tmp_path / "sweep.yaml"
@@ -99,12 +107,19 @@ def _states_when(out: Path, name: str, status: str) -> dict[str, RunState] | Non
     return states if states[name].status == status else None
 
 
+def _resubmitted(out: Path, old_job: str) -> bool:
+    """Whether run binary/seed-1 runs again, under another job than ``old_job``."""
+    submitted = json.loads((out / "runs/binary/seed-1/submitted.json").read_text())
+    return submitted["job_id"] != old_job and bool(_states_when(out, "binary/seed-1", "running"))
+
+
 def test_slurm_sweep_status_cancel_and_resume(
-    slurm: None, tmp_path: Path, quick_fit_args: list[str]
+    slurm: None, no_leftover_jobs: None, tmp_path: Path, quick_fit_args: list[str]
 ) -> None:
     """Submit the grid, watch --status (one task running, the other queued), scancel the
     running task (--status: failed, interrupted), let the array end (the sweep summarises and
-    exits 1), then the same command submits only the cancelled run and finishes the grid."""
+    exits 1), then the same command submits only the cancelled run, whose task is requeued by
+    the time-limit signal and resumes, and the grid finishes."""
     recipe = _recipe(tmp_path, quick_fit_args)
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "spatialspec", "sweep", "--config", str(recipe)]
@@ -153,10 +168,27 @@ def test_slurm_sweep_status_cancel_and_resume(
     }
     first_seconds = time.monotonic() - start
 
-    # the same command again: only the missing run is submitted; the grid finishes
-    again = subprocess.run(
-        command, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300
+    # the same command again: only the missing run is submitted; its task gets the time-limit
+    # signal (USR1) while it runs, is requeued, resumes, and the grid finishes
+    second = subprocess.Popen(
+        command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    try:
+        _until(lambda: _resubmitted(out, job), 120, "the resubmitted run to run")
+        retry = json.loads((out / "runs/binary/seed-1/submitted.json").read_text())["job_id"]
+        subprocess.run(["scancel", "--signal=USR1", retry], check=True)
+        requeued = _until(
+            lambda: _states_when(out, "binary/seed-1", "pending"), 60, "the requeue to show"
+        )
+        assert requeued["binary/seed-1"].detail.startswith("requeued at ")
+        # SLURM holds a requeued job back for a while (BeginTime); release it now
+        release = ["scontrol", "update", f"JobId={retry}", "StartTime=now"]
+        _until(lambda: subprocess.run(release, capture_output=True).returncode == 0, 30, "release")
+        stdout, stderr = second.communicate(timeout=300)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    again = subprocess.CompletedProcess(command, second.returncode, stdout, stderr)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 runs, 1 already finished, 1 to run (launcher slurm)" in again.stdout
     assert "submitted 1 run(s) as SLURM job" in again.stdout
@@ -171,6 +203,7 @@ def test_slurm_sweep_status_cancel_and_resume(
     assert resubmitted != job
     record = json.loads((out / "runs/binary/seed-1/sweep_run.json").read_text())
     assert record["status"] == "finished" and record["slurm_job"] == resubmitted
+    assert record["slurm_restarts"] == 1  # finished by the requeued attempt
     assert record["argv"][-2:] == ["--resume", "auto"]
     assert list((out / "slurm").glob("*_log.err"))  # submitit's logs under the sweep folder
     print(

@@ -139,13 +139,15 @@ def _keep_sigint() -> Iterator[None]:
 
 
 def _scheduler() -> dict[str, Any]:
-    """Where this process runs: its SLURM job (array task) and its visible GPUs, when set."""
+    """Where this process runs: its SLURM job (array task) and restarts, its visible GPUs."""
     env = os.environ
     out: dict[str, Any] = {}
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         out["slurm_job"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     elif env.get("SLURM_JOB_ID"):
         out["slurm_job"] = env["SLURM_JOB_ID"]
+    if env.get("SLURM_RESTART_COUNT"):
+        out["slurm_restarts"] = int(env["SLURM_RESTART_COUNT"])
     if env.get("CUDA_VISIBLE_DEVICES") is not None:
         out["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
     return out

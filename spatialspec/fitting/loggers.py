@@ -278,7 +278,7 @@ def save_logger_ids(loggers: Sequence[Logger], settings: LoggerSettings) -> None
                 "experiment_id": logger.experiment_id,
             }
         elif isinstance(logger, WandbLogger):
-            ids["wandb"] = {"id": logger.version}
+            ids["wandb"] = {"id": logger.experiment.id}  # starts the run: its id exists now
     if ids:
         write_json_atomic(settings.log_dir / IDS_FILE, ids)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -87,34 +88,24 @@ def run_sweep(
     """
     start = time.perf_counter()
     runs, config, overrides = _validate(config, budgets, methods, seeds, overrides)
-    options = LaunchOptions(jobs=jobs, wait=wait, progress=progress, slurm=slurm or SlurmConfig())
-    chosen = make_launcher(launcher, options)
+    resources = slurm or SlurmConfig()
+    chosen = make_launcher(launcher, LaunchOptions(jobs, wait, progress, resources))
     out = Path(out)
     current = settings(config, overrides, n_resamples, loggers, mlflow_tracking_uri)
     check_same_sweep(out, current)
     history = invocations(out)
-    info = sweep_info(runs, config, current, jobs=jobs, launcher=launcher)
+    extra = {"slurm": asdict(resources)} if launcher == "slurm" else {}
+    info = sweep_info(runs, config, current, jobs=jobs, launcher=launcher, **extra)
     write_json_atomic(out / SWEEP_JSON, {**info, "status": "running", "invocations": history})
     todo, busy, watch = _todo(out, runs)
     say = _speaker(progress, chosen)
     say(_opening_line(runs, todo, busy, launcher, jobs, out))
-    context = LaunchContext(
-        out.absolute(),
-        tuple((r.name, run_dir_of(out, r)) for r in runs),
-        watch=tuple(sorted(watch)),
-    )
+    plan_dirs = tuple((run.name, run_dir_of(out, run)) for run in runs)
+    context = LaunchContext(out.absolute(), plan_dirs, watch=tuple(sorted(watch)))
     chosen.launch([make_task(run, out, current) for run in todo], context)
     frame = collect_summary(out, runs)
     wall = round(time.perf_counter() - start, 1)
-    history.append(
-        {
-            "started": info["created"],
-            "launcher": launcher,
-            "runs_run": len(todo),
-            "wall_seconds": wall,
-            "waited": chosen.waits,
-        }
-    )
+    history.append(_invocation(info, chosen, len(todo), wall))
     if chosen.waits:
         write_summaries(out, frame, {**info, "invocations": history})
         say(_closing_line(frame, out, wall))
@@ -122,6 +113,17 @@ def run_sweep(
         write_json_atomic(out / SWEEP_JSON, {**info, "status": "launched", "invocations": history})
         say(_follow_line(out, launcher))
     return frame
+
+
+def _invocation(info: dict[str, Any], launcher: Launcher, runs: int, wall: float) -> dict:
+    """This invocation in ``sweep.json``'s history (the wall time counts if it waited)."""
+    return {
+        "started": info["created"],
+        "launcher": launcher.name,
+        "runs_run": runs,
+        "wall_seconds": wall,
+        "waited": launcher.waits,
+    }
 
 
 def _validate(

@@ -363,10 +363,17 @@ def test_status_of_a_folder_without_a_sweep(
 
 
 def test_a_printed_line_does_its_run(
-    printed: dict[str, Any], quick_fit_args: list[str], capsys: pytest.CaptureFixture[str]
+    printed: dict[str, Any],
+    quick_fit_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The command of a line (here in this process) fits and evaluates one run by name."""
     import torch
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")  # its threads: as in a 1-CPU task
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the run sets them: restore after
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
 
     from spatialspec.cli import main
 
@@ -406,3 +413,71 @@ def test_a_printed_line_does_its_run(
     assert run_state(run_dir).status == "finished"
     assert main(argv) == 0  # idempotent: already finished, nothing redone
     assert "already finished" in capsys.readouterr().out
+
+
+def test_loggers_reach_the_real_fit(tmp_path: Path, quick_fit_args: list[str]) -> None:
+    """``--loggers``, ``--run_name`` and ``--tags`` as the sweep writes them parse in fit."""
+    frame = run_sweep(
+        SEG,
+        "all",
+        "seg",
+        "1",
+        tmp_path,
+        overrides=quick_fit_args,
+        progress=False,
+        n_resamples=20,
+        loggers=["tensorboard"],
+    )
+    assert frame["status"].tolist() == ["finished"], frame["error"].tolist()
+    run = json.loads((tmp_path / "runs/seg/budget-all/seed-1/run.json").read_text())
+    assert run["loggers"] == ["csv", "tensorboard"]
+    assert run["config"]["run_name"] == "seg/budget-all/seed-1"
+    assert run["config"]["tags"] == {"method": "seg", "budget": "all", "seed": "1"}
+
+
+def test_unknown_launcher_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match=r"unknown launcher 'pbs'; valid names: local, print, slurm"):
+        run_sweep(SEG, "all", "seg", "1", tmp_path / "o", launcher="pbs")
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_slurm_launcher_needs_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    with pytest.raises(ValueError, match="needs SLURM's sbatch on PATH"):
+        run_sweep(SEG, "all", "seg", "1", tmp_path / "o", launcher="slurm")
+
+
+def test_slurm_resources_become_sbatch_options() -> None:
+    from spatialspec.sweep import SlurmConfig
+    from spatialspec.sweep.slurm import executor_parameters
+
+    resources = SlurmConfig(
+        partition="gpu",
+        gpus=2,
+        cpus=8,
+        mem_gb=1.5,
+        time_min=90,
+        account="lab",
+        qos="high",
+        array_parallelism=3,
+        sbatch={"constraint": "a100"},
+        setup=("module load cuda",),
+    )
+    assert executor_parameters(resources) == {
+        "job_name": "spatialspec-sweep",
+        "time": 90,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": 8,
+        "partition": "gpu",
+        "account": "lab",
+        "qos": "high",
+        "array_parallelism": 3,
+        "gpus_per_node": 2,
+        "mem": "1536M",
+        "additional_parameters": {"signal": "USR1@90", "constraint": "a100"},
+        "setup": ["module load cuda"],
+    }
+    plain = executor_parameters(SlurmConfig(mem_gb=2, sbatch={"signal": "USR1@300"}))
+    assert plain["mem"] == "2G" and "partition" not in plain and "gpus_per_node" not in plain
+    assert plain["additional_parameters"] == {"signal": "USR1@300"}  # the user's wins

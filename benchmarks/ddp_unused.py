@@ -102,7 +102,8 @@ def main() -> None:
         ratios.append(ratio)
         kind = "image-level (binary)" if image_head else "dense (seg)"
         params = {p: sum(t.numel() for t in m.parameters()) for p, (m, _) in models.items()}
-        print(f"{args.encoder} {kind}, batch {args.batch} x {args.size}^2, {args.threads} thread(s)")
+        shape = f"batch {args.batch} x {args.size}^2, {args.threads} thread(s)"
+        print(f"{args.encoder} {kind}, {shape}")
         for prune, name in ((False, "unpruned, find_unused_parameters"), (True, "pruned, plain")):
             rate = statistics.median(rates[prune])
             print(f"  {name:33s} {rate * args.batch:7.1f} images/s  {params[prune]:>9,} params  "

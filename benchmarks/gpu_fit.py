@@ -79,10 +79,10 @@ def fit_one(argv: list[str], result: Path) -> None:
 
     if rank_zero_only.rank == 0:
         cuda = torch.cuda.is_available()
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
         result.write_text(json.dumps({
             "epochs": monitor.epochs, "world_size": info["world_size"],
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "peak_memory_gib": peak,
         }, indent=2))  # fmt: skip
 
 

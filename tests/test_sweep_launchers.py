@@ -443,7 +443,7 @@ def test_unknown_launcher_lists_the_valid_ones(tmp_path: Path) -> None:
 
 def test_slurm_launcher_needs_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
-    with pytest.raises(ValueError, match="needs SLURM's sbatch on PATH"):
+    with pytest.raises(ValueError, match="needs SLURM's sbatch and srun on PATH"):
         run_sweep(SEG, "all", "seg", "1", tmp_path / "o", launcher="slurm")
 
 

@@ -107,6 +107,16 @@ def _states_when(out: Path, name: str, status: str) -> dict[str, RunState] | Non
     return states if states[name].status == status else None
 
 
+def _released(job: str) -> bool:
+    """SLURM holds a requeued job back for a while (Reason=BeginTime): start it now. True once
+    the job has left the pending state."""
+    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    if state.stdout.strip() in ("PENDING", "REQUEUED", "COMPLETING"):
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        return False
+    return True
+
+
 def _resubmitted(out: Path, old_job: str) -> bool:
     """Whether run binary/seed-1 runs again, under another job than ``old_job``."""
     submitted = json.loads((out / "runs/binary/seed-1/submitted.json").read_text())
@@ -181,9 +191,7 @@ def test_slurm_sweep_status_cancel_and_resume(
             lambda: _states_when(out, "binary/seed-1", "pending"), 60, "the requeue to show"
         )
         assert requeued["binary/seed-1"].detail.startswith("requeued at ")
-        # SLURM holds a requeued job back for a while (BeginTime); release it now
-        release = ["scontrol", "update", f"JobId={retry}", "StartTime=now"]
-        _until(lambda: subprocess.run(release, capture_output=True).returncode == 0, 30, "release")
+        _until(lambda: _released(retry), 60, "the requeued task to start again", poll=1)
         stdout, stderr = second.communicate(timeout=300)
     finally:
         if second.poll() is None:
@@ -210,3 +218,21 @@ def test_slurm_sweep_status_cancel_and_resume(
         f"\nSLURM sweep: first command {first_seconds:.0f} s, "
         f"whole test {time.monotonic() - start:.0f} s"
     )
+
+
+def test_a_refused_submission_is_a_clear_error(slurm: None, tmp_path: Path) -> None:
+    from spatialspec.sweep import SlurmConfig, run_sweep
+    from spatialspec.sweep.slurm import SubmissionError
+
+    with pytest.raises(SubmissionError, match=r"sbatch refused the array: .*[Pp]artition"):
+        run_sweep(
+            SEG,
+            "all",
+            "binary,seg",
+            "1",
+            tmp_path,
+            launcher="slurm",
+            progress=False,
+            slurm=SlurmConfig(partition="no-such-partition", job_name=JOB_NAME),
+        )
+    assert not list(tmp_path.glob("runs/*/*/submitted.json"))  # nothing recorded as queued

@@ -21,6 +21,7 @@ from typing import Any
 
 from spatialspec.sweep.config import SweepConfig, load_config, merge
 from spatialspec.sweep.fitargs import set_overrides
+from spatialspec.sweep.launcher import LaunchError
 
 _DEFAULTS = SweepConfig()
 _S = argparse.SUPPRESS
@@ -267,6 +268,9 @@ def _run_one(out: Path, name: str) -> int:
         already = " (already finished)" if result.get("already") else ""
         print(f"sweep: {name}: finished{already}")
         return 0
+    if result["status"] == "requeued":
+        print(f"sweep: {name}: checkpointed and requeued; it resumes when the task restarts")
+        return 0
     print(
         f"sweep: {name}: failed: {result['error']}; see {result['run_dir']}/error.txt",
         file=sys.stderr,
@@ -286,7 +290,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
         if args.run:
             return _run_one(_out(config), args.run)
         frame = _sweep(config)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, FileNotFoundError, LaunchError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"spatialspec sweep: error: {message}", file=sys.stderr)
         return 2

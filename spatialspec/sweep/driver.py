@@ -83,7 +83,7 @@ def run_sweep(
         ValueError: A bad budget, seed, override, ``jobs`` or resource, or ``out`` holds a sweep
             with other settings.
         FileNotFoundError: ``config`` does not exist.
-        RuntimeError: The scheduler refused the submission.
+        LaunchError: The launcher could not start the runs (e.g. sbatch refused them).
         KeyboardInterrupt: Interrupted; finished runs are kept and the next call resumes.
     """
     start = time.perf_counter()

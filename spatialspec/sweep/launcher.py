@@ -21,6 +21,12 @@ from spatialspec.registry import Registry
 from spatialspec.sweep.config import SlurmConfig
 
 LAUNCHERS: Registry[type[Launcher]] = Registry("launcher")
+
+
+class LaunchError(RuntimeError):
+    """A launcher could not start the runs (e.g. the scheduler refused the submission)."""
+
+
 #: Modules whose import registers the launchers (imported on the first lookup).
 _MODULES = ("spatialspec.sweep.local", "spatialspec.sweep.slurm", "spatialspec.sweep.shell")
 

@@ -41,7 +41,7 @@ import submitit
 from spatialspec.runinfo import write_json_atomic, write_text_atomic
 from spatialspec.sweep.config import SlurmConfig
 from spatialspec.sweep.heartbeat import iso
-from spatialspec.sweep.launcher import LAUNCHERS, LaunchContext, Launcher
+from spatialspec.sweep.launcher import LAUNCHERS, LaunchContext, Launcher, LaunchError
 from spatialspec.sweep.plan import ERROR, RUN_INFO, SUBMITTED
 from spatialspec.sweep.run import cores, mark_requeued, run_named
 from spatialspec.sweep.run import sigterm_as_exit as _sigterm_as_exit
@@ -55,13 +55,15 @@ DONE_STATES = frozenset(
      "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
 )  # fmt: skip
 SLURM_FOLDER = "slurm"
+#: What submitit raises when sbatch fails (the text carries sbatch's answer).
+_SUBMITIT_ERRORS = (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError)
 #: The time-limit signal, sent SIGNAL_DELAY_S before a task's limit: Lightning's requeue signal,
 #: on which the fit checkpoints at the next batch boundary and requeues its task.
 REQUEUE_SIGNAL = signal.SIGUSR1
 SIGNAL_DELAY_S = 90
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(LaunchError):
     """sbatch refused the array (the message carries its answer)."""
 
 
@@ -216,7 +218,7 @@ def submit(out: Path, names: Sequence[str], resources: SlurmConfig) -> list[Any]
             for name in names:
                 run = SlurmRun(str(out), name, resources.max_requeues)
                 jobs.append(executor.submit(run))
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as err:
+    except (subprocess.CalledProcessError, OSError, *_SUBMITIT_ERRORS) as err:
         answer = getattr(err, "output", None) or getattr(err, "stderr", None) or err
         raise SubmissionError(f"sbatch refused the array: {_text(answer)}") from None
     for name, job in zip(names, jobs, strict=True):
@@ -298,10 +300,11 @@ class SlurmLauncher(Launcher):
 
     def check(self) -> None:
         """Refuse a machine without sbatch, and resources submitit would reject."""
-        if shutil.which("sbatch") is None:
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
             raise ValueError(
-                "--launcher slurm needs SLURM's sbatch on PATH (not found here); on another "
-                "scheduler, --launcher print writes one command per run"
+                f"--launcher slurm needs SLURM's {' and '.join(missing)} on PATH (not found "
+                "here); on another scheduler, --launcher print writes one command per run"
             )
         executor_parameters(self.options.slurm)
 

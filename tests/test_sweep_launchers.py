@@ -481,3 +481,25 @@ def test_slurm_resources_become_sbatch_options() -> None:
     plain = executor_parameters(SlurmConfig(mem_gb=2, sbatch={"signal": "USR1@300"}))
     assert plain["mem"] == "2G" and "partition" not in plain and "gpus_per_node" not in plain
     assert plain["additional_parameters"] == {"signal": "USR1@300"}  # the user's wins
+
+
+def test_a_task_gone_from_the_queue_unstarted_is_failed_not_queued(tmp_path: Path) -> None:
+    from spatialspec.sweep import LaunchContext
+    from spatialspec.sweep.slurm import _mark_lost
+
+    queued, done = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    log = tmp_path / "7_0_0_log.err"
+    _write(log, "slurmstepd: error: *** JOB 7 ON vm CANCELLED AT 2026-01-01T00:00:00 ***\n")
+    _write(
+        queued / "submitted.json",
+        {"job_id": "7_0", "submitted_at": time.time(), "stderr": str(log)},
+    )
+    _finished(done, 0.5)
+    _mark_lost(LaunchContext(tmp_path, (("a", queued), ("b", done))))
+    state = run_state(queued)
+    assert state.status == "failed"
+    assert "left the queue before the run began" in state.detail
+    assert state.detail.endswith(
+        "log: slurmstepd: error: *** JOB 7 ON vm CANCELLED AT 2026-01-01T00:00:00 ***"
+    )
+    assert run_state(done).status == "finished"

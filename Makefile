@@ -21,7 +21,7 @@ SYNTH   := data/synthetic/manifest.csv
 DEMO_CKPTS := runs/demo/binary/checkpoints/best.ckpt runs/demo/seg/checkpoints/best.ckpt
 
 .PHONY: help install test test-fast demo prepare-synthetic train-binary train-bbox train-seg \
-        train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark lint format clean \
+        train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark gpu-benchmark lint format clean \
         slurm-start slurm-stop
 
 help:
@@ -33,7 +33,8 @@ help:
 	@echo "make sweep-budget   robust AUROC vs number of masks (synthetic) -> results/sweep-budget/"
 	@echo "make audit          masking, saliency, slice audits of the demo models -> results/audit/"
 	@echo "make evaluate       report for CKPT=... or PREDICTIONS=... (+ MANIFEST=...) into REPORT=..."
-	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s, cache and channels-last speed-ups"
+	@echo "make benchmark      training-loop overhead vs bare PyTorch; loader images/s, cache, channels-last and DDP speed-ups"
+	@echo "make gpu-benchmark  2-epoch SIIM-sized fit per precision on a GPU: images/s, loader wait (benchmarks/gpu_fit.py)"
 	@echo "make slurm-start    a one-node SLURM cluster here (root; slurm-wlm + munge from apt) for --launcher slurm"
 	@echo "make slurm-stop     stop it"
 	@echo "make lint / format  ruff"
@@ -89,6 +90,7 @@ benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/channels_last.py
+	$(BIN)/python benchmarks/ddp_unused.py
 
 # A real one-node SLURM cluster on this machine (tests/test_sweep_slurm.py starts it itself).
 slurm-start:
@@ -96,6 +98,9 @@ slurm-start:
 
 slurm-stop:
 	bash tools/slurm-local.sh stop
+
+gpu-benchmark: install
+	$(BIN)/python benchmarks/gpu_fit.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check spatialspec tests benchmarks

@@ -290,16 +290,16 @@ def test_audit_saliency_maps_match_the_audit_set(tiny_checkpoints: dict[str, Pat
     ckpt = tiny_checkpoints["seg"]
     method, _, data = load_model(ckpt)
     audit = load_audit_set(data, "test", limit=6, seed=0)
-    maps = attribution_maps(method, audit.images, "gradcam")
-    result = audit_saliency(ckpt, limit=6, methods=["gradcam"], randomization=False)
+    maps = attribution_maps(method, audit.images, "saliency")
+    result = audit_saliency(ckpt, limit=6, methods=["saliency"], randomization=False)
     expected = spurious_attribution_share(
         maps, audit.spurious_masks, audit.has_spurious_mask, roi_masks=audit.roi_masks
     )
-    got = result["attributions"]["gradcam"]["spurious_attribution_share"]
+    got = result["attributions"]["saliency"]["spurious_attribution_share"]
     assert got["n"] == expected["n"] > 0
     assert got["mean"] == pytest.approx(expected["mean"])
     loc = localization_auprc(maps, audit.roi_masks, audit.labels)
-    assert result["attributions"]["gradcam"]["localization_auprc"]["mean"] == loc["mean"]
+    assert result["attributions"]["saliency"]["localization_auprc"]["mean"] == loc["mean"]
 
 
 def test_cli_saliency_binary(tiny_checkpoints: dict[str, Path], tmp_path, capsys) -> None:

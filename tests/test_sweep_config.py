@@ -170,3 +170,14 @@ def test_flatten_set_nests_and_writes_json() -> None:
         "data.mask_budget=null",
         "x=[1, 2]",
     ]
+
+
+def test_the_shipped_slurm_recipe_loads() -> None:
+    """configs/sweeps/siim-slurm.yaml (the README's cluster example) is a valid sweep config."""
+    from spatialspec.sweep.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "siim-slurm.yaml"
+    config = load_config(recipe)
+    assert config.launcher == "slurm" and config.slurm.gpus == 1
+    assert Path(config.fit_config).resolve() == recipe.parents[1] / "siim" / "seg.yaml"
+    assert "bf16-mixed" in " ".join(config.set)

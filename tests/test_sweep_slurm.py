@@ -118,9 +118,18 @@ def _released(job: str) -> bool:
 
 
 def _resubmitted(out: Path, old_job: str) -> bool:
-    """Whether run binary/seed-1 runs again, under another job than ``old_job``."""
-    submitted = json.loads((out / "runs/binary/seed-1/submitted.json").read_text())
-    return submitted["job_id"] != old_job and bool(_states_when(out, "binary/seed-1", "running"))
+    """Whether run binary/seed-1 runs again, under another job than ``old_job``, in a task that
+    has recorded itself (so its requeue handler is in place: a signal that came earlier, while
+    the task was still starting, would kill it, as it would any process)."""
+    run_dir = out / "runs/binary/seed-1"
+    submitted = json.loads((run_dir / "submitted.json").read_text())
+    try:
+        record = json.loads((run_dir / "sweep_run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    new_task = str(record.get("slurm_job", "")).startswith(str(submitted["job_id"]))
+    return (submitted["job_id"] != old_job and new_task and record.get("status") == "running"
+            and bool(_states_when(out, "binary/seed-1", "running")))  # fmt: skip
 
 
 def test_slurm_sweep_status_cancel_and_resume(

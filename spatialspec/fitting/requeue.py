@@ -61,17 +61,22 @@ def slurm_job_id() -> str | None:
 
 
 def _slurm_environment(trainer: L.Trainer) -> SLURMEnvironment | None:
-    """The fit's SLURM environment: the strategy's (DDP), or a detected one (one device)."""
+    """The fit's SLURM environment: the strategy's (DDP), a detected one (one device), or --
+    in a batch job whose script runs ``spatialspec fit`` without ``srun``, which Lightning does
+    not take for SLURM -- one with Lightning's defaults (auto-requeue on ``SIGUSR1``)."""
     env = getattr(trainer.strategy, "cluster_environment", None)
-    if env is None and SLURMEnvironment.detect():
-        env = SLURMEnvironment()  # what Lightning itself picks there: auto_requeue on, SIGUSR1
-    return env if isinstance(env, SLURMEnvironment) else None
+    if isinstance(env, SLURMEnvironment):
+        return env
+    if SLURMEnvironment.detect() or "SLURM_JOB_ID" in os.environ:
+        return SLURMEnvironment()  # what Lightning picks under srun: auto_requeue on, SIGUSR1
+    return None
 
 
 class BatchBoundaryRequeue(L.Callback):
     """Checkpoint and requeue at the end of the batch during which the requeue signal came.
 
-    Active only under SLURM with Lightning's ``auto_requeue`` on (the default there).
+    Active in SLURM jobs (with Lightning's ``auto_requeue`` on, its default there), also when the
+    batch script runs the fit without ``srun``: ``#SBATCH --signal=B:USR1@90`` then reaches it.
 
     Args:
         folder: Where ``hpc_ckpt_<n>.ckpt`` goes (the run folder, Lightning's place for it).

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from _network import add_network_arguments, steps_per_second
 
 from spatialspec.models import BackboneConfig, SpatialNet
-
-SYNTHETIC_DECODER = (64, 32, 16, 8)
 
 
 def build(args: argparse.Namespace, channels_last: bool) -> tuple[SpatialNet, torch.optim.Adam]:
@@ -41,27 +40,14 @@ def build(args: argparse.Namespace, channels_last: bool) -> tuple[SpatialNet, to
     return net.train(), torch.optim.Adam(net.parameters(), lr=1e-3)
 
 
-def steps_per_second(net: SpatialNet, opt: torch.optim.Adam, x: torch.Tensor, steps: int) -> float:
-    """Forward + backward + optimiser steps per second on the (B, C, H, W) batch ``x``."""
-    forward = net.image_logits if net.image_head is not None else net.pixel_logits
-    start = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        forward(x).float().mean().backward()
-        opt.step()
-    return steps / (time.perf_counter() - start)
+def _forward(net: SpatialNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    return net.image_logits if net.image_head is not None else net.pixel_logits
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoder", default="tu-mobilenetv3_small_100")
-    parser.add_argument("--decoder", type=int, nargs="+", default=list(SYNTHETIC_DECODER))
+    add_network_arguments(parser)
     parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--image-head", action="store_true", help="time the binary network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,11 +55,11 @@ def main() -> None:
     x = torch.randn(args.batch, args.channels, args.size, args.size)  # plain NCHW input
     nets = {layout: build(args, layout) for layout in (False, True)}
     for net, opt in nets.values():
-        steps_per_second(net, opt, x, 2)  # warm-up: oneDNN primitive caches
+        steps_per_second(_forward(net), opt, x, 2)  # warm-up: oneDNN primitive caches
     rates = {False: [], True: []}
     for _ in range(args.rounds):
         for layout, (net, opt) in nets.items():
-            rates[layout].append(steps_per_second(net, opt, x, args.steps))
+            rates[layout].append(steps_per_second(_forward(net), opt, x, args.steps))
     ratios = [cl / nchw for cl, nchw in zip(rates[True], rates[False], strict=True)]
     kind = "image-level" if args.image_head else "dense"
     print(f"{args.encoder} {kind} network, batch {args.batch} x {args.size}^2, "

@@ -24,13 +24,12 @@ import time
 
 import torch
 import torch.distributed as dist
+from _network import add_network_arguments, steps_per_second
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from spatialspec.models import BackboneConfig, SpatialNet
 from spatialspec.models import backbone as backbone_module
-
-SYNTHETIC_DECODER = (64, 32, 16, 8)
 
 
 class Wrapped(nn.Module):
@@ -62,25 +61,13 @@ def build(cfg: BackboneConfig, image_head: bool, prune: bool) -> tuple[nn.Module
     return model, seconds
 
 
-def steps_per_second(model: nn.Module, x: torch.Tensor, steps: int) -> float:
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    start = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        model(x).float().mean().backward()
-        opt.step()
-    return steps / (time.perf_counter() - start)
+def _adam(model: nn.Module) -> torch.optim.Adam:
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoder", default="tu-mobilenetv3_small_100")
-    parser.add_argument("--decoder", type=int, nargs="+", default=list(SYNTHETIC_DECODER))
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
+    add_network_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -93,11 +80,11 @@ def main() -> None:
     for image_head in (False, True):
         models = {prune: build(cfg, image_head, prune) for prune in (False, True)}
         for model, _ in models.values():
-            steps_per_second(model, x, 2)  # warm-up
+            steps_per_second(model, _adam(model), x, 2)  # warm-up
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for prune, (model, _) in models.items():
-                rates[prune].append(steps_per_second(model, x, args.steps))
+                rates[prune].append(steps_per_second(model, _adam(model), x, args.steps))
         ratio = statistics.median(p / u for p, u in zip(rates[True], rates[False], strict=True))
         ratios.append(ratio)
         kind = "image-level (binary)" if image_head else "dense (seg)"

@@ -46,6 +46,7 @@ from lightning.pytorch.loggers import Logger
 
 from spatialspec.checkpoints import AtomicCheckpointIO
 from spatialspec.data.datamodule import SpatialDataModule
+from spatialspec.data.specificity import resolve_specificity
 from spatialspec.fitting.loggers import (
     FinalMetrics,
     LoggerSettings,
@@ -77,6 +78,8 @@ __all__ = [
 TRAINER_SKIP = {"callbacks", "logger", "default_root_dir", "plugins", "enable_checkpointing",
                 "use_distributed_sampler"}  # fmt: skip
 #: Data-module arguments fit sets from the method (annotation, channels) and the run (seed).
+#: The annotation only sets the default of ``data.specificity`` (bbox: box; seg*: mask), which
+#: a user may set for mask-annotated methods (see :mod:`spatialspec.data.specificity`).
 DATA_FROM_METHOD = {"annotation", "channels", "seed"}
 Monitor = Literal["val/auroc", "val/robust_auroc", "val/loss"]
 MONITORS = get_args(Monitor)
@@ -324,6 +327,7 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
     if cfg.resume is not None and cfg.overwrite:
         raise ValueError("--resume continues a run and --overwrite true replaces it: pick one")
     cfg.loggers = parse_logger_names(cfg.loggers)
+    cfg.data.specificity = _specificity(cfg)
     resolved = _resolved_config(cfg, parser)
     config = yaml.safe_load(resolved)
     point = find_resume(out_dir, cfg.resume)
@@ -354,6 +358,14 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
         for stale in hpc_checkpoints(out_dir):  # superseded by last.ckpt
             stale.unlink(missing_ok=True)
     return info
+
+
+def _specificity(cfg: Namespace) -> str | None:
+    """The run's ``data.specificity``, resolved against its method (saved in ``config.yaml``
+    and ``run.json``): ``mask`` for seg by default, ``box`` for bbox, None for binary."""
+    annotation = get_method(cfg.method).annotation
+    level = resolve_specificity(annotation, cfg.data.specificity, method=cfg.method)
+    return None if level is None else level.name
 
 
 def _resolved_config(cfg: Namespace, parser: ArgumentParser) -> str:
@@ -414,6 +426,7 @@ def _run_info(
         world_size=trainer.world_size,
         loggers=["csv", *cfg.loggers],
         mask_budget=getattr(data, "budget_info", None),
+        specificity=cfg.data.specificity,
         config=config,
     )
 

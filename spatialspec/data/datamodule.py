@@ -27,6 +27,7 @@ from spatialspec.data.samplers import (
     ShuffleDraw,
     check_annotated_fraction,
 )
+from spatialspec.data.specificity import resolve_specificity
 from spatialspec.data.transforms import build_augmentation
 
 __all__ = [  # the samplers are re-exported: they were defined here before samplers.py
@@ -74,7 +75,13 @@ class SpatialDataModule(L.LightningDataModule):
         eval_batch_size: Batch size for val / test / predict (default: 2 x batch_size).
         num_workers: DataLoader workers (0 loads in the main process).
         augment: Augment training images.
-        annotation: Dense target (``mask``, ``box`` or ``label``); ``fit`` sets it from the method.
+        annotation: The method's annotation (``mask``, ``box`` or ``label``), which sets the
+            default ``specificity``; ``fit`` sets it from the method.
+        specificity: Spatial specificity of the dense target of annotated images: ``mask``,
+            ``dilate:R``, ``box``, ``grid:K`` or ``image`` (see
+            :mod:`spatialspec.data.specificity`), applied after augmentation; None: the
+            annotation's default (``mask`` for seg and its variants, ``box`` for bbox). A
+            ``label`` annotation (binary) takes none; a ``box`` one takes only ``box``.
         channels: Network input channels; ``fit`` sets it from the backbone.
         cache_dir: Folder of an on-disk cache of decoded images already resized to
             ``image_size`` (and their masks); epochs 2+ skip decoding and resizing. It holds
@@ -114,6 +121,7 @@ class SpatialDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: bool = True,
         annotation: str = "mask",
+        specificity: str | None = None,
         channels: int = 1,
         cache_dir: str | None = None,
         undersample_negatives: float | None = None,
@@ -137,6 +145,9 @@ class SpatialDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.annotation = annotation
+        level = resolve_specificity(annotation, specificity)  # fail at construction
+        #: The resolved level's name (None: a label-only method, no dense target).
+        self.specificity = None if level is None else level.name
         self.channels = channels
         self.cache_dir = cache_dir
         self.undersample_negatives = undersample_negatives
@@ -182,6 +193,7 @@ class SpatialDataModule(L.LightningDataModule):
             self.annotation,
             self.channels,
             image_size=self.image_size,
+            specificity=self.specificity,
             cache=ImageCache(self.cache_dir) if self.cache_dir else None,
             roi_masking=self.roi_masking,
             roi_masking_region=self.roi_masking_region,

@@ -1,8 +1,10 @@
 """Manifest rows -> dict samples with fixed keys.
 
-Keys: ``image`` (C, H, W) float, ``mask`` (1, H, W) float (the dense target: the pathology mask,
-or its filled boxes; empty for negative images, so a lesion mask of a benign ISIC lesion is a
-negative target, as in the paper's malignant-vs-benign-lesion segmentation), ``label`` float,
+Keys: ``image`` (C, H, W) float, ``mask`` (1, H, W) float (the dense target: the pathology mask
+at the dataset's spatial specificity -- the mask, its dilation, boxes, grid cells or the whole
+image, see :mod:`spatialspec.data.specificity`; empty for negative images, so a lesion mask of a
+benign ISIC lesion is a negative target, as in the paper's malignant-vs-benign-lesion
+segmentation), ``label`` float,
 ``mask_available`` float, ``spurious`` float (-1 where unknown), ``image_id`` str.
 """
 
@@ -17,7 +19,6 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from spatialspec.data.boxes import box_mask
 from spatialspec.data.cache import ImageCache
 from spatialspec.data.io import read_image, read_mask
 from spatialspec.data.roi import (
@@ -28,6 +29,7 @@ from spatialspec.data.roi import (
     image_rng,
 )
 from spatialspec.data.samplers import SampleKey
+from spatialspec.data.specificity import Specificity, resolve_specificity
 from spatialspec.data.transforms import RESIZE_SPEC, reseed, resize_image, resize_mask
 
 ANNOTATIONS = ("label", "box", "mask")
@@ -61,8 +63,13 @@ class ManifestDataset(Dataset):
             ``image_size`` it only augments (:func:`~spatialspec.data.transforms.
             build_augmentation`; None: no augmentation); without, it must also resize
             (:func:`~spatialspec.data.transforms.build_transform`).
-        annotation: Dense target to supply: ``mask``, ``box`` (filled boxes per component) or
-            ``label`` (the mask is still supplied, for audits; label-only methods ignore it).
+        annotation: The method's annotation, which sets the default ``specificity``: ``mask``
+            (the mask), ``box`` (filled boxes per component) or ``label`` (no target
+            transform: the mask is still supplied, for audits; label-only methods ignore it).
+        specificity: Spatial specificity of the dense target (``mask``, ``dilate:R``, ``box``,
+            ``grid:K``, ``image``; see :func:`~spatialspec.data.specificity.
+            resolve_specificity`), applied to the mask after ``transform`` (so a box always
+            bounds its augmented region). None: the annotation's default.
         channels: 1 or 3; images are converted as needed.
         image_size: Side of the network input: the dataset resizes images (pixel-area
             averaging) and masks (nearest) itself, before ``transform``.
@@ -92,6 +99,7 @@ class ManifestDataset(Dataset):
         channels: int = 1,
         image_size: int | None = None,
         cache: ImageCache | None = None,
+        specificity: str | Specificity | None = None,
         roi_masking: str | None = None,
         roi_masking_region: str = "mask",
         roi_masking_fill: str = "mean",
@@ -103,6 +111,8 @@ class ManifestDataset(Dataset):
             roi_masking = None
         if annotation not in ANNOTATIONS:
             raise ValueError(f"unknown annotation {annotation!r}; valid: {', '.join(ANNOTATIONS)}")
+        #: Level of the dense target (None: the mask as it is, for label-only methods).
+        self.specificity = resolve_specificity(annotation, specificity)
         if cache is not None and image_size is None:
             raise ValueError("an image cache needs image_size (the dataset must resize)")
         if transform is None and image_size is None:
@@ -214,12 +224,12 @@ class ManifestDataset(Dataset):
         return resize_mask(read_mask(path).view(np.uint8), self.image_size) > 0
 
     def _target(self, mask: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
-        """(1, H, W) float target: the mask, or its boxes; zeros when there is no mask."""
+        """(1, H, W) float target: the mask at ``specificity``; zeros when there is no mask."""
         if mask is None:
             return torch.zeros((1, *shape[:2]), dtype=torch.float32)
         target = mask > 0
-        if self.annotation == "box" and target.any():
-            target = box_mask(target)
+        if self.specificity is not None:
+            target = self.specificity.apply(target)
         return torch.from_numpy(target.view(np.uint8)[None]).to(torch.float32)  # (1, H, W)
 
 

@@ -39,7 +39,9 @@ class SpatialMethod(L.LightningModule):
         weight_decay: Adam weight decay.
     """
 
-    #: Spatial annotation the method trains on: ``label`` (none), ``box`` or ``mask``.
+    #: Spatial annotation the method trains on: ``label`` (none), ``box`` or ``mask``; for
+    #: dense methods it is the default ``data.specificity`` (see
+    #: :func:`spatialspec.data.specificity.resolve_specificity`).
     annotation: ClassVar[str] = "label"
 
     def __init__(

@@ -1,7 +1,10 @@
-"""``bbox``: box supervision — U-Net trained on filled boxes, one per mask component.
+"""``bbox``: box supervision — ``seg`` trained at ``data.specificity: box``.
 
-Boxes are derived from the masks by the data pipeline (after augmentation, so a box always
-bounds its augmented region): one box per 8-connected component, end pixel inclusive.
+The method differs from ``seg`` only in its annotation, which sets the default spatial
+specificity of the dense target (:mod:`spatialspec.data.specificity`): one filled box per
+8-connected mask component, end pixel inclusive, derived by the data pipeline after augmentation
+(so a box always bounds its augmented region). ``bbox`` accepts no other level; for one, train
+``seg`` with ``--data.specificity LEVEL`` (``seg`` at ``box`` is the same fit as ``bbox``).
 """
 
 from __future__ import annotations

@@ -91,6 +91,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--accelerator", default="auto", help="with --checkpoint: cpu, gpu, auto")
+    p.add_argument("--pooling", metavar="LIST",
+                   help="with --checkpoint of a dense model (bbox, seg, seg_ssl, seg_spl): "
+                        "robust AUROC under each pooling of its pixel logits, e.g. "
+                        "max,mean,topk:16,topk:256 (forms: max, mean, topk:K); the network "
+                        "runs once, the other numbers stay the trained pooling's")  # fmt: skip
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -233,6 +238,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if args.predictions:
         if not args.manifest:
             raise ValueError("--manifest is required with --predictions")
+        if args.pooling is not None:
+            raise ValueError(
+                "--pooling works only with --checkpoint: it pools a dense model's pixel "
+                "logits, and a predictions CSV holds one score per image"
+            )
         report = evaluate_predictions(
             args.manifest, args.predictions, args.split, args.out,
             n_resamples=args.n_resamples, seed=args.seed,
@@ -241,6 +251,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         report = evaluate_checkpoint(
             args.checkpoint, args.out, manifest=args.manifest, split=args.split,
             n_resamples=args.n_resamples, seed=args.seed, accelerator=args.accelerator,
+            pooling=args.pooling,
         )  # fmt: skip
     md = write_markdown(report, Path(args.out).with_suffix(".md"))
     lo, hi = report["robust_auroc_ci"]
@@ -248,6 +259,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         f"{args.split}: robust AUROC {report['robust_auroc']:.3f} [{lo:.3f}, {hi:.3f}]  "
         f"AUROC {report['auroc']:.3f}  n={report['n']}  -> {args.out}, {md}"
     )
+    for name, m in report.get("poolings", {}).items():
+        trained = "  (trained)" if name == report.get("trained_pooling") else ""
+        value = "–" if m["robust_auroc"] is None else f"{m['robust_auroc']:.3f}"
+        print(f"  pooling {name}: robust AUROC {value}  AUROC {m['auroc']:.3f}{trained}")
 
 
 def _message(err: Exception) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ import yaml
 
 from spatialspec.checkpoints import CheckpointError, read_checkpoint
 from spatialspec.data.datamodule import SpatialDataModule
-from spatialspec.methods import SpatialMethod, get_method
+from spatialspec.methods import METHODS, SpatialMethod, get_method
+from spatialspec.methods.dense import DenseMethod
+from spatialspec.models.pooling import Pooling
 
 
 def load_checkpoint(path: str | Path) -> tuple[SpatialMethod, dict[str, Any]]:
@@ -58,18 +60,71 @@ def datamodule_for(
     )
 
 
+def trained_pooling(method: SpatialMethod) -> Pooling:
+    """The pooling a dense method was trained (and selected) with.
+
+    Raises:
+        ValueError: ``method`` has no pixel head (``binary``: it scores images directly).
+    """
+    if not isinstance(method, DenseMethod):
+        name = METHODS.name_of(type(method))
+        dense = ", ".join(n for n in METHODS.names() if issubclass(METHODS.get(n), DenseMethod))
+        raise ValueError(
+            f"pooling needs a model with a pixel head ({dense}); a {name!r} model scores "
+            "whole images and has no pixel map to pool"
+        )
+    return Pooling(method.hparams.pooling, method.hparams.topk)
+
+
+class _PooledScores(L.LightningModule):
+    """Prediction of a dense method that also pools its pixel logits in other ways.
+
+    The network runs once per batch: ``score`` is the method's own (its trained pooling, as
+    :meth:`SpatialMethod.predict_step` computes it) and each pooling of the same pixel
+    probabilities gets a column of its own.
+    """
+
+    def __init__(self, method: DenseMethod, poolings: Mapping[str, Pooling]) -> None:
+        super().__init__()
+        self.method = method
+        self.poolings = dict(poolings)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        logits = self.method(batch["image"])  # (B, 1, H, W) pixel logits
+        probs = torch.sigmoid(logits)
+        out = {"image_id": list(batch["image_id"]), "score": self.method.scores(logits).float()}
+        for name, pooling in self.poolings.items():
+            out[name] = pooling(probs).float()
+        return out
+
+
 def predict_splits(
     method: SpatialMethod,
     data: SpatialDataModule,
     splits: Sequence[str] = ("val", "test"),
     accelerator: str = "auto",
     progress: bool = True,
+    poolings: Mapping[str, Pooling] | None = None,
 ) -> pd.DataFrame:
     """Scores of every image of ``splits``.
 
+    Args:
+        poolings: Name -> pooling (:func:`~spatialspec.models.pooling.parse_poolings`): a
+            dense method's pixel logits, computed once per image, are also pooled each of
+            these ways.
+
     Returns:
-        Frame with columns ``image_id``, ``split``, ``score``.
+        Frame with columns ``image_id``, ``split``, ``score`` (the method's own score), then
+        one column of scores per entry of ``poolings``, named by it.
+
+    Raises:
+        ValueError: ``poolings`` for a method without a pixel head (:func:`trained_pooling`).
     """
+    model: L.LightningModule = method
+    columns = list(poolings or {})
+    if columns:
+        trained_pooling(method)
+        model = _PooledScores(method, poolings)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -79,8 +134,10 @@ def predict_splits(
     )
     parts = []
     for split in splits:
-        batches = trainer.predict(method, dataloaders=data.predict_loader(split))
+        batches = trainer.predict(model, dataloaders=data.predict_loader(split))
         ids = [i for b in batches for i in b["image_id"]]
-        scores = torch.cat([b["score"] for b in batches]).cpu().double().numpy()
-        parts.append(pd.DataFrame({"image_id": ids, "split": split, "score": scores}))
+        part = {"image_id": ids, "split": split}
+        for key in ("score", *columns):
+            part[key] = torch.cat([b[key] for b in batches]).cpu().double().numpy()
+        parts.append(pd.DataFrame(part))
     return pd.concat(parts, ignore_index=True)

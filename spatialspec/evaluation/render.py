@@ -41,6 +41,7 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
             f"{_fmt(g['accuracy'])} |"
         )
     lines += _attribute_lines(report.get("attributes", {}))
+    lines += _pooling_lines(report.get("poolings", {}), report.get("trained_pooling"))
     b = report["bootstrap"]
     lines += [
         "",
@@ -72,6 +73,26 @@ def _attribute_lines(attributes: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {name} | {a['n_with']} | {a['positives_without']} | {a['negatives_with']} | "
             f"{format_ci(a['robust_auroc'], a['robust_auroc_ci'])} |"
+        )
+    return lines
+
+
+def _pooling_lines(poolings: dict[str, dict[str, Any]], trained: str | None) -> list[str]:
+    """Robust AUROC and AUROC under each pooling of the same pixel logits (``--pooling``)."""
+    if not poolings:
+        return []
+    lines = [
+        "",
+        "Per pooling of the same pixel logits (the numbers above are the trained pooling's):",
+        "",
+        "| pooling | robust AUROC [95 % CI] | AUROC [95 % CI] |",
+        "|---|---|---|",
+    ]
+    for name, m in poolings.items():
+        label = f"`{name}` (trained)" if name == trained else f"`{name}`"
+        lines.append(
+            f"| {label} | {format_ci(m['robust_auroc'], m['robust_auroc_ci'])} | "
+            f"{format_ci(m['auroc'], m['auroc_ci'])} |"
         )
     return lines
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from spatialspec.data.io import atomic_open
-from spatialspec.evaluation.predict import datamodule_for, load_checkpoint, predict_splits
+from spatialspec.evaluation.predict import (
+    datamodule_for,
+    load_checkpoint,
+    predict_splits,
+    trained_pooling,
+)
 from spatialspec.evaluation.report import dataset_info, evaluate_frames
+from spatialspec.models.pooling import Pooling, parse_poolings
 from spatialspec.runinfo import run_metadata, write_json_atomic
+
+#: The fields of each ``report["poolings"]`` entry (the top-level fields of the same names).
+POOLING_FIELDS = ("robust_auroc", "robust_auroc_ci", "auroc", "auroc_ci")
 
 
 def predictions_path(report_path: str | Path) -> Path:
@@ -27,18 +39,41 @@ def evaluate_checkpoint(
     seed: int = 0,
     accelerator: str = "auto",
     progress: bool = True,
+    pooling: str | Mapping[str, Pooling] | None = None,
 ) -> dict[str, Any]:
     """Score val and ``split`` with a checkpoint, write the predictions CSV and the report.
 
     The accuracy threshold is chosen on val; the manifest defaults to the run's own.
+
+    Args:
+        pooling: For a dense model: other poolings of its pixel logits, as ``--pooling``
+            writes them (``max,mean,topk:16``) or parsed (:func:`parse_poolings`). The
+            network runs once per image; ``report["poolings"]`` gets, per name, the robust
+            AUROC and AUROC with their CIs under that pooling. The report's other numbers
+            and the predictions CSV stay those of the trained pooling, which
+            ``report["trained_pooling"]`` names (added to ``poolings`` first when not listed).
+
+    Raises:
+        ValueError: a bad pooling list (before the checkpoint is read), or poolings for a
+            model without a pixel head.
     """
+    poolings = parse_poolings(pooling) if isinstance(pooling, str) else dict(pooling or {})
     method, config = load_checkpoint(checkpoint)
+    trained_name = None
+    if poolings:
+        trained = trained_pooling(method)
+        trained_name = next((n for n, p in poolings.items() if p == trained), None)
+        if trained_name is None:
+            trained_name = trained.name
+            poolings = {trained_name: trained, **poolings}
     data = datamodule_for(method, config, None if manifest is None else str(manifest))
     splits = ("val", split) if split != "val" else ("val",)
-    preds = predict_splits(method, data, splits, accelerator=accelerator, progress=progress)
+    preds = predict_splits(
+        method, data, splits, accelerator=accelerator, progress=progress, poolings=poolings
+    )
     pred_file = predictions_path(out)
     with atomic_open(pred_file, "w", newline="") as fh:
-        preds.to_csv(fh, index=False)
+        preds[["image_id", "split", "score"]].to_csv(fh, index=False)
     info = dataset_info(data.manifest_path)
     report = evaluate_frames(
         preds, data.frame, split, source=str(checkpoint), n_resamples=n_resamples, seed=seed,
@@ -46,6 +81,12 @@ def evaluate_checkpoint(
     )  # fmt: skip
     if info.get("dataset"):
         report["dataset"] = info["dataset"]
+    if poolings:
+        report["trained_pooling"] = trained_name
+        report["poolings"] = pooling_metrics(
+            preds, data.frame, split, list(poolings), source=str(checkpoint),
+            n_resamples=n_resamples, seed=seed,
+        )  # fmt: skip
     hp = dict(method.hparams)
     report["metadata"] = run_metadata(
         manifest=str(Path(data.manifest_path).resolve()),
@@ -59,3 +100,32 @@ def evaluate_checkpoint(
     )
     write_json_atomic(out, report)
     return report
+
+
+def pooling_metrics(
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    split: str,
+    columns: list[str],
+    *,
+    source: str = "predictions",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Robust AUROC and AUROC with their CIs for each score column of ``predictions``.
+
+    Each column is evaluated as the report's ``score`` would be (:func:`evaluate_frames`, the
+    same bootstrap resamples), so a column equal to ``score`` gives the top-level numbers.
+
+    Returns:
+        Column name -> :data:`POOLING_FIELDS`.
+    """
+    out = {}
+    for name in columns:
+        frame = predictions[["image_id", "split"]].assign(score=predictions[name])
+        report = evaluate_frames(
+            frame, manifest, split, source=f"{source} ({name})", n_resamples=n_resamples,
+            seed=seed,
+        )  # fmt: skip
+        out[name] = {key: report[key] for key in POOLING_FIELDS}
+    return out

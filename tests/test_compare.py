@@ -187,7 +187,7 @@ def test_mismatched_labels_error(tmp_path: Path, bench: dict) -> None:
 
 
 def test_fewer_than_two_reports_error(ab: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(CompareError, match="at least 2 reports, got 1"):
+    with pytest.raises(CompareError, match=r"at least 2 reports.*got 1"):
         compare_reports([ab[0]])
     parser = argparse.ArgumentParser()
     add_compare_parser(parser.add_subparsers(dest="command"))
@@ -291,3 +291,83 @@ def test_run_compare_prints_pairs_and_paths(
     assert "y − x: robust AUROC -0." in printed and "AUROC -0." in printed
     assert "(n shared 400)" in printed and str(out) in printed
     assert out.with_suffix(".html").is_file() and out.with_suffix(".json").is_file()
+
+
+# ------------------------------------------------------------------------------- seed groups
+
+
+def _seed_runs(root: Path, bench: dict, method: str, effect: float, seeds=(0, 1, 2)) -> None:
+    """Reports ``root/<method>/seed-<s>/report.json`` whose scores vary with the seed."""
+    labels = bench["frame"]["label"].to_numpy()
+    for s in seeds:
+        rng = np.random.default_rng(100 + s + 10 * len(method))
+        scores = (effect + 0.3 * s) * labels + rng.normal(0.0, 1.0, labels.size)
+        folder = root / method / f"seed-{s}"
+        out = _report(folder, "report", bench, scores, method=method, seed=s)
+        assert out.is_file()
+
+
+def test_name_glob_groups_give_seed_aware_pairs(
+    tmp_path: Path, bench: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_runs(tmp_path, bench, "seg", 1.5)
+    _seed_runs(tmp_path, bench, "bbox", 0.5)
+    parser = argparse.ArgumentParser()
+    add_compare_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cmp.md"
+    args = parser.parse_args([
+        "compare", f"bbox={tmp_path}/bbox/seed-*/report.json",
+        f"seg={tmp_path}/seg/seed-*/report.json", "--out", str(out), "--n-resamples", "300",
+    ])  # fmt: skip
+    run_compare(args)
+    printed = capsys.readouterr().out
+    assert "seg − bbox: robust AUROC +" in printed and "A>B in 3/3 seed pairs" in printed
+    saved = json.loads(out.with_suffix(".json").read_text())
+    pair = saved["pairs"][0]
+    assert (pair["a"], pair["b"]) == ("seg", "bbox")
+    test = bench["frame"]["split"].to_numpy() == "test"
+    labels, spurious = bench["frame"]["label"].to_numpy()[test], bench["frame"]["spurious"][test]
+
+    def values(method: str) -> list[float]:
+        out = []
+        for s in (0, 1, 2):
+            pred = pd.read_csv(tmp_path / method / f"seed-{s}" / "report.predictions.csv")
+            out.append(robust_auroc(pred["score"].to_numpy()[test], labels, spurious))
+        return out
+
+    seg, bbox = values("seg"), values("bbox")
+    rob = pair["robust_auroc"]
+    assert rob["n_runs_a"] == rob["n_runs_b"] == 3 and rob["seed_pairing"] == "matched"
+    assert rob["per_seed_diffs"] == pytest.approx([a - b for a, b in zip(seg, bbox, strict=True)])
+    assert rob["diff"] == pytest.approx(np.mean(seg) - np.mean(bbox))
+    assert rob["a_wins"] == 3 and rob["excludes_zero"] is True
+    assert rob["ci"][0] <= rob["diff"] <= rob["ci"][1]
+    row = {r["name"]: r for r in saved["reports"]}["seg"]
+    assert row["n_runs"] == 3 and row["seeds"] == [0, 1, 2]
+    assert row["robust_auroc"] == pytest.approx(np.mean(seg))
+    assert row["robust_auroc_runs"] == pytest.approx(seg)
+    md = out.read_text()
+    assert "two-level bootstrap" in md and "| seg − bbox |" in md and "3/3" in md
+
+
+def test_seed_groups_widen_the_interval(tmp_path: Path, bench: dict) -> None:
+    """The same seed-0 pair, alone and inside 3-seed groups whose seeds disagree."""
+    _seed_runs(tmp_path, bench, "seg", 1.0)
+    _seed_runs(tmp_path, bench, "bbox", 1.0)
+    single = compare_reports([tmp_path / "bbox/seed-0/report.json",
+                              tmp_path / "seg/seed-0/report.json"], **BOOT)  # fmt: skip
+    groups = [sorted((tmp_path / m).glob("seed-*/report.json")) for m in ("bbox", "seg")]
+    grouped = compare_reports(groups, names=["bbox", "seg"], **BOOT)
+    width = lambda r: np.diff(r["pairs"][0]["auroc"]["ci"])[0]  # noqa: E731
+    assert grouped["bootstrap"]["seed_level"] and not single["bootstrap"]["seed_level"]
+    assert width(grouped) > width(single)
+
+
+def test_name_glob_that_matches_nothing_is_named(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_compare_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["compare", f"seg={tmp_path}/nope/*.json", f"x={tmp_path}/*.json", "--out", "x.md"]
+    )
+    with pytest.raises(CompareError, match=r"seg=.*nope.*no report file matches"):
+        run_compare(args)

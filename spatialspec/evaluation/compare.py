@@ -1,21 +1,25 @@
-"""``spatialspec compare``: several reports side by side, with paired bootstrap differences.
+"""``spatialspec compare``: methods side by side, with seed-aware bootstrap differences.
 
-Each pair of reports is compared on the images both of them scored in the evaluated split (the
-*shared* images). Differences read ``A − B`` where, for reports given in the order
-``R1 R2 ...``, A is the *later* report and B the earlier one: ``compare binary.json seg.json``
-gives ``seg − binary``, so the first report acts as the baseline. The interval is the percentile
-interval of :func:`spatialspec.metrics.paired_bootstrap_diff`: both models are scored on the
-same class-stratified resamples of the shared images.
+Each input is one report or a *group*: the reports of one method's training runs (seeds), given
+on the command line as ``NAME=GLOB`` (``seg='runs/seg/seed-*/report.json'``). Every pair of
+groups is compared on the images of the evaluated split that all of their runs scored (the
+*shared* images). Differences read ``A − B`` where, for inputs given in the order ``G1 G2 ...``,
+A is the *later* input and B the earlier one: ``compare binary=... seg=...`` gives
+``seg − binary``, so the first input acts as the baseline.
 
-:func:`paired_bootstrap_diff` returns the interval, not the resampled differences, so no
-bootstrap p-value is given; ``excludes_zero`` says whether the interval excludes 0.
+The difference of the means over runs gets the two-level bootstrap interval of
+:func:`spatialspec.metrics.seeds.seed_bootstrap_diff` (training runs resampled per method, test
+images within each class, the same image resample for both methods). With one report per input
+it is today's paired image bootstrap. ``excludes_zero`` says whether the interval excludes 0;
+``a_wins`` counts the seed pairs in which A beat B.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
+import glob
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,18 @@ import pandas as pd
 
 from spatialspec._text import first_few
 from spatialspec.data.manifest import ManifestError, load_manifest
-from spatialspec.evaluation.render import format_ci
+from spatialspec.evaluation.compare_render import (
+    compare_html,
+    compare_markdown,
+    format_diff,
+    pair_line,
+    write_compare,
+)
 from spatialspec.evaluation.report import PredictionsError, read_predictions
 from spatialspec.evaluation.runner import predictions_path
-from spatialspec.metrics import paired_bootstrap_diff, robust_subgroup_mask
-from spatialspec.runinfo import run_metadata, write_json_atomic, write_text_atomic
+from spatialspec.metrics import robust_subgroup_mask
+from spatialspec.metrics.seeds import seed_bootstrap_diff, seed_bootstrap_mean
+from spatialspec.runinfo import run_metadata
 
 __all__ = [
     "CompareError",
@@ -37,6 +48,7 @@ __all__ = [
     "compare_html",
     "compare_markdown",
     "compare_reports",
+    "expand_inputs",
     "format_diff",
     "load_report",
     "pair_line",
@@ -45,10 +57,7 @@ __all__ = [
 ]
 
 METRICS = ("auroc", "robust_auroc")
-PAIR_ORDER = ("robust_auroc", "auroc")  # the order of the columns and printed lines
-METRIC_LABELS = {"auroc": "AUROC", "robust_auroc": "robust AUROC"}
 REPORT_FIELDS = ("split", "n", "auroc", "auroc_ci", "robust_auroc", "robust_auroc_ci", "n_robust")
-MINUS = "−"
 
 
 class CompareError(ValueError):
@@ -143,41 +152,130 @@ def _load_split(loaded: dict[str, Any], cache: dict[Path, pd.DataFrame]) -> pd.D
     return merged
 
 
+# --------------------------------------------------------------------------- inputs and groups
+
+
+def expand_inputs(tokens: Sequence[str]) -> tuple[list[list[Path]], list[str | None]]:
+    """Command-line inputs -> groups of report paths and their names (None: a default name).
+
+    A token is a report path, or ``NAME=GLOB`` for one method's runs over training seeds (the
+    glob is expanded here, so it may be quoted; ``**`` matches folders recursively). A token
+    that names an existing file is a path even if it holds ``=``.
+
+    Raises:
+        CompareError: A ``NAME=GLOB`` matches no file, or a name is empty.
+    """
+    groups: list[list[Path]] = []
+    names: list[str | None] = []
+    for token in tokens:
+        name, sep, pattern = token.partition("=")
+        if not sep or Path(token).is_file():
+            groups.append([Path(token)])
+            names.append(None)
+            continue
+        if not name.strip():
+            raise CompareError(f"{token!r}: expected NAME=GLOB with a non-empty NAME")
+        found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        found = [p for p in found if Path(p).is_file()]
+        if not found:
+            raise CompareError(f"{name}={pattern}: no report file matches the pattern")
+        groups.append([Path(p) for p in found])
+        names.append(name.strip())
+    return groups, names
+
+
+def _as_groups(inputs: Sequence[Any]) -> list[list[Path]]:
+    groups = []
+    for item in inputs:
+        if isinstance(item, (str, Path)):
+            groups.append([Path(item)])
+        else:
+            group = [Path(p) for p in item]
+            if not group:
+                raise CompareError("an input group holds no reports")
+            groups.append(group)
+    return groups
+
+
+def _seed(loaded: dict[str, Any]) -> Any:
+    return loaded["report"]["metadata"].get("seed")
+
+
+def _group_frame(name: str, runs: list[dict[str, Any]], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Labels of the images every run of a group scored, with one ``score<k>`` column per run."""
+    joined = frames[0].rename(columns={"score": "score0"})
+    for k, frame in enumerate(frames[1:], start=1):
+        right = frame.rename(columns={"label": "label_r", "spurious": "spurious_r"})
+        joined = joined.merge(right.rename(columns={"score": f"score{k}"}), on="image_id")
+        for column in ("label", "spurious"):
+            a, b = joined[column].to_numpy(float), joined[f"{column}_r"].to_numpy(float)
+            bad = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+            if bad.any():
+                raise CompareError(
+                    f"{name}: runs {runs[0]['path']} and {runs[k]['path']} disagree on {column} "
+                    f"for {int(bad.sum())} image(s): "
+                    f"{first_few(list(joined['image_id'][bad]), 'images')}"
+                )
+        joined = joined.drop(columns=["label_r", "spurious_r"])
+    if joined.empty:
+        raise CompareError(f"{name}: its {len(runs)} runs share no scored images")
+    joined.attrs["manifest"] = frames[0].attrs["manifest"]
+    return joined
+
+
+def _scores(frame: pd.DataFrame, n_runs: int, suffix: str = "") -> list[np.ndarray]:
+    return [frame[f"score{k}{suffix}"].to_numpy(float) for k in range(n_runs)]
+
+
 # --------------------------------------------------------------------------- names and rows
 
 
-def _default_names(loaded: list[dict[str, Any]]) -> list[str]:
+def _default_names(groups: list[list[dict[str, Any]]]) -> list[str]:
     """Method, else method + seed, else the file stem; the first that makes names unique."""
-    metas = [item["report"]["metadata"] for item in loaded]
+    firsts = [g[0] for g in groups]
+    metas = [item["report"]["metadata"] for item in firsts]
     candidates: list[list[str]] = []
     if all(m.get("method") for m in metas):
         candidates.append([str(m["method"]) for m in metas])
-        if all(m.get("seed") is not None for m in metas):
+        if all(m.get("seed") is not None for m in metas) and all(len(g) == 1 for g in groups):
             candidates.append([f"{m['method']} (seed {m['seed']})" for m in metas])
-    candidates.append([item["path"].stem for item in loaded])
-    candidates.append([f"{item['path'].parent.name}/{item['path'].stem}" for item in loaded])
+    candidates.append([item["path"].stem for item in firsts])
+    candidates.append([f"{item['path'].parent.name}/{item['path'].stem}" for item in firsts])
     for names in candidates:
         if len(set(names)) == len(names):
             return names
-    return [f"{item['path'].stem} #{k + 1}" for k, item in enumerate(loaded)]
+    return [f"{item['path'].stem} #{k + 1}" for k, item in enumerate(firsts)]
 
 
-def _check_names(names: Sequence[str], n_reports: int) -> list[str]:
+def _check_names(names: Sequence[str], n_inputs: int) -> list[str]:
     names = [str(n).strip() for n in names]
-    if len(names) != n_reports:
-        raise CompareError(f"got {len(names)} name(s) for {n_reports} reports: {names}")
+    if len(names) != n_inputs:
+        raise CompareError(f"got {len(names)} name(s) for {n_inputs} inputs: {names}")
     if len(set(names)) != len(names) or not all(names):
         raise CompareError(f"names must be unique and non-empty, got {names}")
     return names
 
 
-def _report_row(name: str, loaded: dict[str, Any]) -> dict[str, Any]:
+def _resolve_names(
+    given: Sequence[str | None] | None, groups: list[list[dict[str, Any]]]
+) -> list[str]:
+    defaults = _default_names(groups)
+    if given is None:
+        return defaults
+    if len(given) != len(groups):
+        return _check_names([n or "" for n in given], len(groups))
+    return _check_names([n if n else d for n, d in zip(given, defaults, strict=True)], len(groups))
+
+
+def _single_row(name: str, loaded: dict[str, Any]) -> dict[str, Any]:
     r, meta = loaded["report"], loaded["report"]["metadata"]
     return {
         "name": name,
         "path": str(loaded["path"]),
         "split": r["split"],
         "n": r["n"],
+        "n_runs": 1,
+        "seeds": [meta.get("seed")],
         "auroc": r["auroc"],
         "auroc_ci": r["auroc_ci"],
         "robust_auroc": r["robust_auroc"],
@@ -191,6 +289,52 @@ def _report_row(name: str, loaded: dict[str, Any]) -> dict[str, Any]:
         "manifest": meta.get("manifest"),
         "predictions": str(loaded["predictions_path"]),
     }
+
+
+def _common(values: list[Any]) -> Any:
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def _run_entry(loaded: dict[str, Any]) -> dict[str, Any]:
+    return {"path": str(loaded["path"]), "seed": _seed(loaded),
+            "predictions": str(loaded["predictions_path"])}  # fmt: skip
+
+
+def _group_row(
+    name: str, runs: list[dict[str, Any]], frame: pd.DataFrame, boot: dict[str, Any]
+) -> dict[str, Any]:
+    """One method over its runs: mean metrics on the shared images, two-level intervals."""
+    if len(runs) == 1:
+        return _single_row(name, runs[0])
+    labels = frame["label"].to_numpy(int)
+    spurious = frame["spurious"].to_numpy(float)
+    row: dict[str, Any] = {"name": name, "path": str(runs[0]["path"].parent.parent)}
+    reports = [r["report"] for r in runs]
+    metas = [r["metadata"] for r in reports]
+    row.update(split=reports[0]["split"], n=len(frame), n_runs=len(runs),
+               seeds=[m.get("seed") for m in metas])  # fmt: skip
+    for metric in METRICS:
+        try:
+            res = seed_bootstrap_mean(
+                _scores(frame, len(runs)), labels,
+                spurious if metric == "robust_auroc" else None, metric=metric, **boot,
+            )  # fmt: skip
+        except ValueError:  # one class only in the evaluated set
+            res = {"mean": None, "ci": [None, None], "sd": None, "runs": [None] * len(runs)}
+        row.update({metric: res["mean"], f"{metric}_ci": res["ci"], f"{metric}_sd": res["sd"],
+                    f"{metric}_runs": res["runs"]})  # fmt: skip
+    row["n_robust"] = int(robust_subgroup_mask(labels, spurious).sum())
+    wga = [r.get("worst_group_accuracy") for r in reports]
+    row["worst_group_accuracy"] = None if None in wga else float(np.mean(wga))
+    row.update(
+        dataset=_common([r.get("dataset") for r in reports]),
+        method=_common([m.get("method") for m in metas]),
+        pooling=_common([m.get("pooling") for m in metas]),
+        seed=None,
+        manifest=frame.attrs["manifest"],
+        runs=[_run_entry(r) for r in runs],
+    )
+    return row
 
 
 # --------------------------------------------------------------------------- pairs
@@ -227,8 +371,13 @@ def _check_agree(joined: pd.DataFrame, column: str, names: tuple[str, str], hint
         )
 
 
-def _diff(joined: pd.DataFrame, metric: str, boot: dict[str, Any]) -> dict[str, Any]:
-    """Paired bootstrap of ``metric(A) − metric(B)``; ``diff`` is None where undefined."""
+def _diff(
+    joined: pd.DataFrame,
+    metric: str,
+    runs: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    boot: dict[str, Any],
+) -> dict[str, Any]:
+    """Seed-aware bootstrap of ``metric(A) − metric(B)``; ``diff`` is None where undefined."""
     labels = joined["label_a"].to_numpy(int)
     spurious = joined["spurious_a"].to_numpy(float)
     evaluated = labels
@@ -236,26 +385,22 @@ def _diff(joined: pd.DataFrame, metric: str, boot: dict[str, Any]) -> dict[str, 
         evaluated = labels[robust_subgroup_mask(labels, spurious)]
     n_pos, n_neg = int(evaluated.sum()), int((evaluated == 0).sum())
     out: dict[str, Any] = {"n": int(evaluated.size), "n_positive": n_pos, "n_negative": n_neg}
+    runs_a, runs_b = runs
     if not (n_pos and n_neg):
         return {**out, "metric_a": None, "metric_b": None, "diff": None, "ci": [None, None],
-                "excludes_zero": None}  # fmt: skip
-    res = paired_bootstrap_diff(
-        joined["score_a"].to_numpy(float), joined["score_b"].to_numpy(float), labels,
-        spurious if metric == "robust_auroc" else None, metric=metric, **boot,
+                "excludes_zero": None, "n_runs_a": len(runs_a), "n_runs_b": len(runs_b),
+                "per_seed_diffs": [], "a_wins": None, "n_seed_pairs": 0}  # fmt: skip
+    res = seed_bootstrap_diff(
+        _scores(joined, len(runs_a), "_a"), _scores(joined, len(runs_b), "_b"), labels,
+        spurious if metric == "robust_auroc" else None, metric=metric,
+        seeds_a=[_seed(r) for r in runs_a], seeds_b=[_seed(r) for r in runs_b], **boot,
     )  # fmt: skip
-    lo, hi = res["ci"]
-    return {
-        **out,
-        "metric_a": res["metric_a"],
-        "metric_b": res["metric_b"],
-        "diff": res["diff"],
-        "ci": [lo, hi],
-        "excludes_zero": bool(lo > 0 or hi < 0),
-    }
+    return {**out, **res}
 
 
 def _pair(
     frames: list[pd.DataFrame],
+    groups: list[list[dict[str, Any]]],
     names: list[str],
     ia: int,
     ib: int,
@@ -269,6 +414,7 @@ def _pair(
             f"{names[ia]} and {names[ib]}: the {len(joined)} shared images hold one class only"
         )
     n_shared = len(joined)
+    runs = (groups[ia], groups[ib])
     return {
         "a": names[ia],
         "b": names[ib],
@@ -277,7 +423,7 @@ def _pair(
         "n_shared": n_shared,
         "n_only_a": len(a) - n_shared,
         "n_only_b": len(b) - n_shared,
-        **{m: _diff(joined, m, boot) for m in metrics},
+        **{m: _diff(joined, m, runs, boot) for m in metrics},
     }
 
 
@@ -290,22 +436,24 @@ def _metrics(metric: str) -> tuple[str, ...]:
 
 
 def compare_reports(
-    paths: Sequence[str | Path],
+    inputs: Sequence[str | Path | Sequence[str | Path]],
     *,
-    names: Sequence[str] | None = None,
+    names: Sequence[str | None] | None = None,
     metric: str = "both",
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Compare reports: one row each, and a paired bootstrap difference for every pair.
+    """Compare methods: one row each, and a seed-aware bootstrap difference for every pair.
 
-    For reports ``i < j`` (in the order given) the pair reads ``A − B`` with A = report ``j``
-    and B = report ``i``, computed on the images of the evaluated split that both scored.
+    For inputs ``i < j`` (in the order given) the pair reads ``A − B`` with A = input ``j`` and
+    B = input ``i``, computed on the images of the evaluated split that all runs of both scored.
 
     Args:
-        paths: Two or more report JSONs, all on the same split.
-        names: Display names (default: the method, else method + seed, else the file stem).
+        inputs: Two or more inputs, each a report JSON or a sequence of report JSONs (one
+            method's training runs), all on the same split.
+        names: Display names (None entries, or None: the method, else method + seed, else the
+            file stem).
         metric: ``"both"``, ``"auroc"`` or ``"robust_auroc"``: the differences to compute.
         n_resamples: Bootstrap resamples per difference.
         seed: Bootstrap seed (the same resamples for every metric of a pair).
@@ -314,206 +462,66 @@ def compare_reports(
     Returns:
         ``{"reports": [...], "pairs": [...], "bootstrap": {...}, "metadata": {...}}``. Each pair
         holds the names ``a`` and ``b``, ``n_shared``, ``n_only_a``, ``n_only_b`` and per metric
-        ``metric_a``, ``metric_b`` (on the shared images), ``diff``, ``ci``, ``excludes_zero``
-        and the counts evaluated (``diff`` is None where they hold one class only).
+        ``metric_a``, ``metric_b`` (means over runs, on the shared images), ``diff``, ``ci``,
+        ``excludes_zero``, ``n_runs_a``, ``n_runs_b``, ``per_seed_diffs``, ``a_wins`` and the
+        counts evaluated (``diff`` is None where they hold one class only).
 
     Raises:
-        CompareError: Fewer than two reports, unreadable files, different splits, no shared
+        CompareError: Fewer than two inputs, unreadable files, different splits, no shared
             images, or labels that disagree between the reports' manifests.
     """
+    paths = _as_groups(inputs)
     if len(paths) < 2:
-        raise CompareError(f"compare needs at least 2 reports, got {len(paths)}")
+        raise CompareError(f"compare needs at least 2 reports (or NAME=GLOB groups), got {len(paths)}")
     metrics = _metrics(metric)
-    loaded = [load_report(p) for p in paths]
-    names = _check_names(names, len(loaded)) if names is not None else _default_names(loaded)
-    _check_splits(loaded, names)
+    groups = [[load_report(p) for p in group] for group in paths]
+    names = _resolve_names(names, groups)
+    _check_splits(groups, names)
     cache: dict[Path, pd.DataFrame] = {}
-    frames = [_load_split(item, cache) for item in loaded]
+    frames = [
+        _group_frame(n, g, [_load_split(item, cache) for item in g])
+        for n, g in zip(names, groups, strict=True)
+    ]
     boot = {"n_resamples": n_resamples, "alpha": alpha, "seed": seed}
     pairs = [
-        _pair(frames, names, j, i, metrics, boot)
-        for i in range(len(loaded))
-        for j in range(i + 1, len(loaded))
+        _pair(frames, groups, names, j, i, metrics, boot)
+        for i in range(len(groups))
+        for j in range(i + 1, len(groups))
     ]
+    seed_level = any(len(g) > 1 for g in groups)
     return {
-        "reports": [_report_row(n, item) for n, item in zip(names, loaded, strict=True)],
+        "reports": [
+            _group_row(n, g, f, boot) for n, g, f in zip(names, groups, frames, strict=True)
+        ],
         "pairs": pairs,
         "bootstrap": {
             **boot,
             "metrics": list(metrics),
-            "difference": "A − B; A is the later report in the order given, B the earlier",
-            "method": "paired percentile bootstrap on the shared images; resampled within "
-            "each class; both models scored on the same resamples",
+            "difference": "A − B; A is the later input in the order given, B the earlier",
+            "seed_level": seed_level,
+            "method": (
+                "two-level percentile bootstrap: training runs resampled within each method "
+                "(deviations scaled by sqrt(n/(n-1))), then the shared images within each "
+                "class, the same image resample for both methods"
+                if seed_level
+                else "paired percentile bootstrap on the shared images; resampled within "
+                "each class; both models scored on the same resamples"
+            ),
         },
-        "metadata": run_metadata(reports=[str(Path(p).resolve()) for p in paths], names=names),
+        "metadata": run_metadata(
+            reports=[[str(p.resolve()) for p in g] for g in paths], names=names
+        ),
     }
 
 
-def _check_splits(loaded: list[dict[str, Any]], names: list[str]) -> None:
-    splits = {item["report"]["split"] for item in loaded}
+def _check_splits(groups: list[list[dict[str, Any]]], names: list[str]) -> None:
+    splits = {item["report"]["split"] for g in groups for item in g}
     if len(splits) > 1:
         shown = ", ".join(
-            f"{n}: {i['report']['split']}" for n, i in zip(names, loaded, strict=True)
+            f"{n}: {'/'.join(sorted({i['report']['split'] for i in g}))}"
+            for n, g in zip(names, groups, strict=True)
         )
         raise CompareError(f"reports are on different splits ({shown})")
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def format_diff(entry: dict[str, Any] | None) -> str:
-    """``+0.300 [0.250, 0.360]``; ``*`` appended when the CI excludes 0; ``–`` if undefined."""
-    if not entry or entry.get("diff") is None:
-        return "–"
-    lo, hi = entry["ci"]
-    star = " *" if entry["excludes_zero"] else ""
-    return f"{_round(entry['diff']):+.3f} [{_round(lo):.3f}, {_round(hi):.3f}]{star}"
-
-
-def _round(value: float) -> float:
-    """Round to 3 decimals without printing ``-0.000``."""
-    return round(float(value), 3) + 0.0
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-REPORT_HEADER = ("report", "split", "n", "robust AUROC [95 % CI]", "AUROC [95 % CI]",
-                 "n robust", "worst-group acc.", "dataset", "pooling")  # fmt: skip
-
-
-def _report_cells(r: dict[str, Any]) -> list[str]:
-    return [
-        r["name"],
-        r["split"],
-        str(r["n"]),
-        format_ci(r["robust_auroc"], r["robust_auroc_ci"]),
-        format_ci(r["auroc"], r["auroc_ci"]),
-        str(r["n_robust"]),
-        _fmt(r["worst_group_accuracy"]),
-        _fmt(r["dataset"]),
-        _fmt(r["pooling"]),
-    ]
-
-
-def _reports_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    return list(REPORT_HEADER), [_report_cells(r) for r in result["reports"]]
-
-
-def _level(result: dict[str, Any]) -> str:
-    return f"{round(100 * (1 - result['bootstrap']['alpha']), 1):g} %"
-
-
-def _pair_cells(p: dict[str, Any], shown: Sequence[str]) -> list[str]:
-    return [
-        f"{p['a']} {MINUS} {p['b']}",
-        *[format_diff(p[m]) for m in shown],
-        str(p["n_shared"]),
-        f"{p['n_only_a']} / {p['n_only_b']}",
-    ]
-
-
-def _pairs_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    shown = [m for m in PAIR_ORDER if m in result["bootstrap"]["metrics"]]
-    level = _level(result)
-    header = [
-        f"A {MINUS} B",
-        *[f"{METRIC_LABELS[m]} difference [{level} CI]" for m in shown],
-        "n shared",
-        "not shared (A / B)",
-    ]
-    return header, [_pair_cells(p, shown) for p in result["pairs"]]
-
-
-def _explanation(result: dict[str, Any]) -> str:
-    b = result["bootstrap"]
-    split = result["reports"][0]["split"]
-    return (
-        f"Differences read A {MINUS} B, A being the later report in the order given, on the "
-        f"{split} images both reports scored (n shared). {_level(result)} CIs: paired bootstrap, "
-        f"{b['n_resamples']} resamples (seed {b['seed']}) drawn within each class, both models "
-        "scored on the same resamples; * marks a CI that excludes 0. The CIs in the reports "
-        "table are each report's own, over all of its images."
-    )
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    align = ["---" if k == 0 or "[" in h or h in ("split", "dataset", "pooling") else "---:"
-             for k, h in enumerate(header)]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def compare_markdown(result: dict[str, Any]) -> str:
-    """The comparison as Markdown: the reports table, then the pairwise differences."""
-    lines = [f"# Comparison of {len(result['reports'])} reports", "", "## Reports", ""]
-    lines += _md_table(*_reports_table(result))
-    lines += ["", f"## Pairwise differences (A {MINUS} B)", ""]
-    lines += _md_table(*_pairs_table(result))
-    lines += ["", _explanation(result)]
-    meta = result.get("metadata", {})
-    if meta:
-        lines += ["", f"git commit `{meta.get('git_commit')}`, created {meta.get('created')}."]
-    return "\n".join(lines) + "\n"
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 72em; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th { background: #f2f4f7; }
-td:first-child, th:first-child { text-align: left; }
-p.note { color: #555; max-width: 60em; }
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = html.escape
-    lines = ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
-    lines += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
-    return [*lines, "</table>"]
-
-
-def compare_html(result: dict[str, Any]) -> str:
-    """The comparison as a standalone HTML page (inline CSS, no external assets)."""
-    title = f"Comparison of {len(result['reports'])} reports"
-    meta = result.get("metadata", {})
-    lines = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<h2>Reports</h2>",
-        *_html_table(*_reports_table(result)),
-        f"<h2>Pairwise differences (A {MINUS} B)</h2>",
-        *_html_table(*_pairs_table(result)),
-        f'<p class="note">{html.escape(_explanation(result))}</p>',
-    ]
-    if meta:
-        stamp = f"git commit {meta.get('git_commit')}, created {meta.get('created')}."
-        lines.append(f'<p class="note">{html.escape(stamp)}</p>')
-    return "\n".join([*lines, "</body></html>"]) + "\n"
-
-
-def write_compare(result: dict[str, Any], out: str | Path) -> list[Path]:
-    """Write the Markdown (``out``), HTML and JSON (same stem) atomically; returns the paths."""
-    out = Path(out)
-    if out.suffix.lower() in (".md", ".html", ".json"):
-        out = out.with_suffix("")
-    return [
-        write_text_atomic(out.with_name(out.name + ".md"), compare_markdown(result)),
-        write_text_atomic(out.with_name(out.name + ".html"), compare_html(result)),
-        write_json_atomic(out.with_name(out.name + ".json"), result),
-    ]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -530,33 +538,31 @@ class _AtLeastTwo(argparse.Action):
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand to the top-level subparsers."""
-    p = sub.add_parser("compare", help="compare reports: paired bootstrap differences")
-    p.add_argument("reports", nargs="+", action=_AtLeastTwo, metavar="REPORT",
-                   help="two or more report JSONs (the first is the baseline: A − B = later − "
+    p = sub.add_parser("compare", help="compare methods: seed-aware bootstrap differences")
+    p.add_argument("reports", nargs="+", action=_AtLeastTwo, metavar="REPORT|NAME=GLOB",
+                   help="two or more report JSONs, or NAME='runs/NAME/seed-*/report.json' for "
+                   "one method's runs over seeds (the first is the baseline: A − B = later − "
                    "earlier)")  # fmt: skip
     p.add_argument("--out", required=True, help="compare.md (.html and .json written beside it)")
-    p.add_argument("--names", help="comma-separated display names, one per report")
+    p.add_argument("--names", help="comma-separated display names, one per input")
     p.add_argument("--metric", default="both", choices=("both", *METRICS),
                    help="differences to compute")  # fmt: skip
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
-def pair_line(pair: dict[str, Any]) -> str:
-    """One line per pair: ``seg − binary: robust AUROC +0.300 [...]  AUROC ...  (n shared)``."""
-    parts = [f"{METRIC_LABELS[m]} {format_diff(pair[m])}" for m in PAIR_ORDER if m in pair]
-    return (
-        f"{pair['a']} {MINUS} {pair['b']}: " + "  ".join(parts) + f"  (n shared {pair['n_shared']})"
-    )
-
-
 def run_compare(args: argparse.Namespace) -> None:
     """Run ``spatialspec compare``: print the pairwise lines and the written paths."""
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    groups, names = expand_inputs(args.reports)
+    if args.names:
+        names = [n.strip() for n in args.names.split(",")]
     result = compare_reports(
-        args.reports, names=names, metric=getattr(args, "metric", "both"),
+        groups, names=names, metric=getattr(args, "metric", "both"),
         n_resamples=args.n_resamples, seed=args.seed,
     )  # fmt: skip
+    for row in result["reports"]:
+        if row["n_runs"] > 1:
+            print(f"{row['name']}: {row['n_runs']} runs (seeds {row['seeds']})")
     for pair in result["pairs"]:
         print(pair_line(pair))
     paths = write_compare(result, args.out)

@@ -1,4 +1,5 @@
-"""``spatialspec`` command line: prepare | fit | evaluate | sweep | compare | audit | demo.
+"""``spatialspec`` command line: prepare | fit | evaluate | sweep | compare | audit | analyze |
+demo.
 
 ``fit`` takes config files and dotted overrides (``--trainer.max_epochs 3``) and is parsed by
 jsonargparse; the other commands use argparse.
@@ -15,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "demo")
+COMMANDS = ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "analyze", "demo")
 #: ``spatialspec audit <name>``: module and glue functions (imported only for ``audit``).
 AUDITS = {
     "masking": ("spatialspec.audit.masking", "add_masking_parser", "run_masking"),
@@ -116,6 +117,8 @@ LAZY_COMMANDS = {
               "grid of methods x mask budgets x seeds -> summary.csv + plot (resumable)"),
     "compare": ("spatialspec.evaluation.compare", "add_compare_parser", "run_compare",
                 "reports side by side + paired-bootstrap differences (Markdown, HTML)"),
+    "analyze": ("spatialspec.analysis.cli", "add_analyze_parser", "run_analyze_cli",
+                "measures of a dataset (no model): specificity"),
 }  # fmt: skip
 
 

@@ -224,6 +224,8 @@ def test_console_script_help() -> None:
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: spatialspec")
-    for command in ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "demo"):
+    for command in ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "analyze", "demo"):
         assert command in proc.stdout
-    assert set(COMMANDS) == {"prepare", "fit", "evaluate", "sweep", "compare", "audit", "demo"}
+    assert set(COMMANDS) == {
+        "prepare", "fit", "evaluate", "sweep", "compare", "audit", "analyze", "demo"
+    }  # fmt: skip

@@ -18,7 +18,8 @@ PLOTTED = {
 
 
 def plot_measures(result: dict[str, Any], path: str | Path) -> Path:
-    """One panel per measure against the level (in the order given)."""
+    """One panel per measure against the level (in the order given); a line joins the levels
+    with a radius (``mask``, ``dilate:R``, ``image``), ``box`` and ``grid:K`` stand alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +30,13 @@ def plot_measures(result: dict[str, Any], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.0 * len(PLOTTED), 3.4), dpi=120)
     for ax, (measure, label) in zip(axes, PLOTTED.items(), strict=True):
         values = [float("nan") if row[measure] is None else row[measure] for row in rows]
-        ax.plot(range(len(names)), values, marker="o")
+        ax.plot(range(len(names)), values, marker="o", ls="none", color="C0")
+        # A line only through the levels with a radius (mask, dilate:R, image): box and grid
+        # cells are not on the dilation chain.
+        chain = [i for i, row in enumerate(rows) if row["radius"] is not None]
+        if len(chain) > 1:
+            ax.plot(chain, [values[i] for i in chain], color="C0", alpha=0.6,
+                    label="levels with a radius r")  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)

@@ -18,7 +18,9 @@ SWEEP_METHODS ?= binary,bbox,seg,seg_ssl,seg_spl
 SWEEP_BUDGETS ?= 0,10%,all
 SWEEP_SEEDS   ?= 1,2
 SYNTH   := data/synthetic/manifest.csv
-DEMO_CKPTS := runs/demo/binary/checkpoints/best.ckpt runs/demo/seg/checkpoints/best.ckpt
+DEMO_BINARY := runs/demo/runs/binary/seed-0/checkpoints/best.ckpt
+DEMO_SEG    := runs/demo/runs/seg/budget-all/seed-0/checkpoints/best.ckpt
+DEMO_CKPTS  := $(DEMO_BINARY) $(DEMO_SEG)
 
 .PHONY: help install test test-fast demo prepare-synthetic train-binary train-bbox train-seg \
         train-seg_ssl train-seg_spl evaluate sweep-budget audit benchmark gpu-benchmark lint format clean \
@@ -26,7 +28,7 @@ DEMO_CKPTS := runs/demo/binary/checkpoints/best.ckpt runs/demo/seg/checkpoints/b
 
 help:
 	@echo "make install        create $(VENV) and install spatialspec with its dev extras"
-	@echo "make demo           synthetic benchmark -> binary, bbox, seg -> robust AUROC (results/demo/)"
+	@echo "make demo           synthetic benchmark -> binary, bbox, seg x 3 seeds -> seed-aware robust AUROC (results/demo/)"
 	@echo "make test           install if needed, then run the whole test suite"
 	@echo "make train-seg      fit configs/\$$DATA/seg.yaml (DATA=synthetic; MANIFEST=..., ARGS=...)"
 	@echo "make train-binary / train-bbox   the same for the other methods"
@@ -83,8 +85,8 @@ $(DEMO_CKPTS): | $(STAMP)
 
 audit: install $(DEMO_CKPTS)
 	$(BIN)/spatialspec audit all --out results/audit \
-	  --model binary=runs/demo/binary/checkpoints/best.ckpt \
-	  --model seg=runs/demo/seg/checkpoints/best.ckpt $(ARGS)
+	  --model binary=$(DEMO_BINARY) \
+	  --model seg=$(DEMO_SEG) $(ARGS)
 
 benchmark: install
 	$(BIN)/python benchmarks/train_overhead.py

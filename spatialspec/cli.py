@@ -46,6 +46,9 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--pathology-contrast", type=float, default=d.pathology_contrast)
     s.add_argument("--spurious-contrast", type=float, default=d.spurious_contrast)
+    s.add_argument("--tube-placement", default=d.tube_placement, choices=("near", "independent"),
+                   help="near: the tube beside the pathology (default); independent: placed "
+                   "independently of it, as the theory of Saab et al. assumes")  # fmt: skip
     s.add_argument("--force", action="store_true", help="regenerate even if up to date")
     _siim_parser(kinds)
     _isic_parser(kinds)
@@ -99,17 +102,6 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                         "runs once, the other numbers stay the trained pooling's")  # fmt: skip
 
 
-def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthetic benchmark -> binary, bbox, seg -> robust AUROC")
-    p.add_argument("--data", default="data/synthetic", help="benchmark folder (reused if current)")
-    p.add_argument("--runs", default="runs/demo", help="folder of the three training runs")
-    p.add_argument("--out", default="results/demo", help="summary.json, report.md, chart")
-    p.add_argument("--configs", default="configs/synthetic", help="folder of the method configs")
-    p.add_argument("--methods", default="binary,bbox,seg")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="fit overrides for every method, e.g. trainer.max_epochs=2")  # fmt: skip
-
-
 #: Commands whose parsers live in modules that import the model stack: the full parser is built
 #: only when the command is the one being run, so ``spatialspec prepare`` starts fast.
 LAZY_COMMANDS = {
@@ -119,6 +111,8 @@ LAZY_COMMANDS = {
                 "reports side by side + paired-bootstrap differences (Markdown, HTML)"),
     "analyze": ("spatialspec.analysis.cli", "add_analyze_parser", "run_analyze_cli",
                 "measures of a dataset (no model): specificity"),
+    "demo": ("spatialspec.demo", "add_demo_parser", "run_demo",
+             "synthetic benchmark -> binary, bbox, seg x 3 seeds -> seed-aware robust AUROC"),
 }  # fmt: skip
 
 
@@ -174,7 +168,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in LAZY_COMMANDS:
         _lazy_parser(sub, name, command in (None, name))
     _audit_parser(sub, command in (None, "audit"))
-    _demo_parser(sub)
     return parser
 
 
@@ -226,6 +219,7 @@ def _prepare_synthetic(args: argparse.Namespace) -> None:
         correlation=args.correlation, prevalence=args.prevalence,
         balanced_test=args.balanced_test, seed=args.seed,
         pathology_contrast=args.pathology_contrast, spurious_contrast=args.spurious_contrast,
+        tube_placement=args.tube_placement,
     )  # fmt: skip
     path = prepare(cfg, args.out, force=args.force)
     sizes = robust_subgroup_sizes(load_manifest(path, check_files=False), "test")
@@ -324,10 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_lazy(args) or 0
         elif args.command == "audit":
             _run_audit(args)
-        elif args.command == "demo":
-            from spatialspec.demo import run_demo
-
-            run_demo(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"spatialspec {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2

@@ -181,6 +181,63 @@ def test_aggregate_t_interval_and_chart(tmp_path: Path) -> None:
     assert "**failed runs** (1" in md
 
 
+def test_aggregate_is_seed_aware_against_binary_and_seg(done: dict[str, Any]) -> None:
+    """The summary's intervals are compare's two-level ones: equal numbers, same pairs."""
+    from spatialspec.evaluation.compare import compare_reports
+
+    frame = pd.read_csv(done["out"] / "summary.csv", keep_default_na=False, na_values=[""])
+    frame["budget"] = frame["budget"].astype(str)
+    table = aggregate(frame, n_resamples=200).set_index(["method", "budget"])
+    runs = done["out"] / "runs"
+    groups = [sorted(runs.glob("binary/seed-*/report.json")),
+              sorted(runs.glob("seg/budget-0/seed-*/report.json")),
+              sorted(runs.glob("seg/budget-all/seed-*/report.json"))]  # fmt: skip
+    ref = compare_reports(groups, names=["b", "s0", "sall"], n_resamples=200,
+                          pairs=[(1, 0), (2, 0)])  # fmt: skip
+    seg_all = table.loc[("seg", "all")]
+    assert seg_all["ci_method"].startswith("two-level")
+    assert seg_all["robust_auroc_mean"] == pytest.approx(ref["reports"][2]["robust_auroc"])
+    assert [seg_all["robust_auroc_lo"], seg_all["robust_auroc_hi"]] == pytest.approx(
+        ref["reports"][2]["robust_auroc_ci"]
+    )
+    pair = ref["pairs"][1]["auroc"]
+    assert seg_all["vs_binary_auroc_diff"] == pytest.approx(pair["diff"])
+    assert [seg_all["vs_binary_auroc_lo"], seg_all["vs_binary_auroc_hi"]] == pytest.approx(
+        pair["ci"]
+    )
+    assert seg_all["vs_binary_auroc_seed_pairs"] == 2  # seeds 1 and 2 matched
+    assert np.isnan(table.loc[("binary", "-")].get("vs_binary_auroc_diff", np.nan))
+
+
+def test_plan_and_fit_argv_with_a_specificity_axis() -> None:
+    runs = plan("binary,seg", "all", "1", specificities="mask,dilate:2,box")
+    assert [r.name for r in runs] == [
+        "binary/seed-1", "seg/budget-all/spec-mask/seed-1", "seg/budget-all/spec-dilate-2/seed-1",
+        "seg/budget-all/spec-box/seed-1",
+    ]  # fmt: skip
+    argv = fit_argv(runs[2], SEG, "/tmp/x")
+    assert argv[argv.index("--data.specificity") + 1] == "dilate:2"
+    assert "--data.specificity" not in fit_argv(runs[0], SEG, "/tmp/x")
+    with pytest.raises(ValueError, match="dilate:x"):
+        plan("seg", "all", "1", specificities="dilate:x")
+    with pytest.raises(ValueError, match="--specificities"):
+        sweep.fitargs.check_overrides(["--data.specificity", "box"])
+
+
+def test_sweep_over_specificities_writes_its_chart(
+    tmp_path: Path, quick_fit_args: list[str]
+) -> None:
+    frame = _sweep(tmp_path, quick_fit_args, methods="seg", budgets="all",
+                   specificities="mask,dilate:2")  # fmt: skip
+    assert frame["specificity"].tolist() == ["mask", "dilate:2"]
+    assert (frame["status"] == "finished").all()
+    run = json.loads((tmp_path / "runs/seg/budget-all/spec-dilate-2/seed-1/run.json").read_text())
+    assert run["config"]["data"]["specificity"] == "dilate:2"
+    md = (tmp_path / "summary.md").read_text()
+    assert "| seg | all | dilate:2 |" in md and "robust_auroc_vs_specificity.png" in md
+    assert (tmp_path / "robust_auroc_vs_specificity.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_dead_worker_is_a_failed_run(tmp_path: Path) -> None:
     future: Future = Future()
     future.set_exception(RuntimeError("worker died"))
@@ -266,6 +323,8 @@ def test_sweep_markdown_and_chart(done: dict[str, Any]) -> None:
     assert "| method | budget | masks | seeds |" in md
     assert f"| seg | all | {TINY_POSITIVES} | 2 |" in md
     assert "| binary | - | 0 | 2 |" in md
+    assert "two-level bootstrap" in md and "vs binary" in md
+    assert "fell back to a t-interval" not in md
     assert "robust_auroc_vs_masks.png" in md
     assert (out / "robust_auroc_vs_masks.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -124,7 +124,9 @@ def test_different_seed_gives_different_images(tmp_path: Path) -> None:
 def test_generate_writes_params_file(tmp_path: Path) -> None:
     generate(SMALL, tmp_path, progress=False)
     saved = json.loads((tmp_path / syn.PARAMS_FILE).read_text())
-    assert saved == {**asdict(SMALL), "generator_version": syn.GENERATOR_VERSION}
+    expected = {**asdict(SMALL), "generator_version": syn.GENERATOR_VERSION}
+    del expected["tube_placement"]  # the default is not saved: older benchmarks stay current
+    assert saved == expected
 
 
 # ------------------------------------------------------------------------------- the drawing
@@ -193,6 +195,31 @@ def test_tube_often_crosses_the_pathology_box(samples) -> None:
             hits.append(box.any())
     assert len(hits) == 15
     assert np.mean(hits) > 0.3
+
+
+def _near_share(placement: str, n: int = 80) -> tuple[float, float]:
+    """Share of tube pixels within 4 px of the crescent, and of tubes in the crescent's half
+    of the image, over positives with the tube."""
+    cfg = SyntheticConfig(size=64, tube_placement=placement)
+    near, same_half = [], []
+    for i in range(n):
+        s = draw_sample(np.random.default_rng([9, i]), cfg, 1, 1)
+        band = ndimage.distance_transform_edt(~s.pathology) <= 4
+        near.append((band & s.spurious).sum() / s.spurious.sum())
+        side = lambda m: np.nonzero(m)[1].mean() < 32  # noqa: E731
+        same_half.append(side(s.pathology) == side(s.spurious))
+        assert not (ndimage.binary_dilation(s.pathology) & s.spurious).any(), i
+    return float(np.mean(near)), float(np.mean(same_half))
+
+
+def test_independent_tube_placement_decouples_tube_and_pathology() -> None:
+    near_share, near_same = _near_share("near")
+    free_share, free_same = _near_share("independent")
+    assert near_same == 1.0  # today: always the pathology's lung
+    assert 0.3 < free_same < 0.7  # independent: either lung
+    assert free_share < 0.5 * near_share
+    with pytest.raises(ValueError, match="tube_placement must be one of near, independent"):
+        SyntheticConfig(tube_placement="far")
 
 
 def test_spurious_feature_is_bright(samples) -> None:

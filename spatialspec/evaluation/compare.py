@@ -443,6 +443,7 @@ def compare_reports(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    pairs: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Compare methods: one row each, and a seed-aware bootstrap difference for every pair.
 
@@ -458,6 +459,8 @@ def compare_reports(
         n_resamples: Bootstrap resamples per difference.
         seed: Bootstrap seed (the same resamples for every metric of a pair).
         alpha: The intervals have coverage ``1 − alpha``.
+        pairs: The pairs to compute as ``(A index, B index)`` into ``inputs`` (default: every
+            later input against every earlier one).
 
     Returns:
         ``{"reports": [...], "pairs": [...], "bootstrap": {...}, "metadata": {...}}``. Each pair
@@ -472,7 +475,9 @@ def compare_reports(
     """
     paths = _as_groups(inputs)
     if len(paths) < 2:
-        raise CompareError(f"compare needs at least 2 reports (or NAME=GLOB groups), got {len(paths)}")
+        raise CompareError(
+            f"compare needs at least 2 reports (or NAME=GLOB groups), got {len(paths)}"
+        )
     metrics = _metrics(metric)
     groups = [[load_report(p) for p in group] for group in paths]
     names = _resolve_names(names, groups)
@@ -483,17 +488,15 @@ def compare_reports(
         for n, g in zip(names, groups, strict=True)
     ]
     boot = {"n_resamples": n_resamples, "alpha": alpha, "seed": seed}
-    pairs = [
-        _pair(frames, groups, names, j, i, metrics, boot)
-        for i in range(len(groups))
-        for j in range(i + 1, len(groups))
-    ]
+    if pairs is None:
+        pairs = [(j, i) for i in range(len(groups)) for j in range(i + 1, len(groups))]
+    computed = [_pair(frames, groups, names, ia, ib, metrics, boot) for ia, ib in pairs]
     seed_level = any(len(g) > 1 for g in groups)
     return {
         "reports": [
             _group_row(n, g, f, boot) for n, g, f in zip(names, groups, frames, strict=True)
         ],
-        "pairs": pairs,
+        "pairs": computed,
         "bootstrap": {
             **boot,
             "metrics": list(metrics),

@@ -14,7 +14,7 @@ runs the resampled runs under-state the spread between seeds (a bootstrap of ``n
 variance ``(n − 1) / n`` of the unbiased estimate), so each run's deviation from the method's
 mean is scaled by ``sqrt(n / (n − 1))`` before the runs are drawn (the residual rescaling of
 Davison & Hinkley, *Bootstrap Methods and their Application*, 1997, §3.3). Intervals are
-percentile intervals of the resampled statistic.
+percentile intervals of the resampled statistic, clipped to the metric's range.
 
 Checked against simulations with a known answer (``tests/test_seed_bootstrap.py``): scores =
 label × (effect + per-seed random effect u, sd τ) + image difficulty + run noise (sd 0.7 each),
@@ -108,6 +108,12 @@ def _resampled_means(boot: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return scaled.T[np.arange(n_resamples)[:, None], picks].mean(axis=1)
 
 
+def _clip(ci: tuple[float, float], low: float) -> tuple[float, float]:
+    """Keep an interval within the metric's range ([0, 1]; [-1, 1] for a difference): the
+    scaled run deviations can step past it."""
+    return max(low, ci[0]), min(1.0, ci[1])
+
+
 def seed_pairs(
     seeds_a: Sequence[Any] | None, seeds_b: Sequence[Any] | None, n_a: int, n_b: int
 ) -> tuple[list[tuple[int, int]], str]:
@@ -172,7 +178,7 @@ def seed_bootstrap_diff(
     (pa, pb), (ba, bb) = _run_metrics(groups, labels, spurious, metric, n_resamples, seed)
     rng = np.random.default_rng([seed, _RUN_STREAM])
     stats = _resampled_means(ba, rng) - _resampled_means(bb, rng)
-    lo, hi = _percentile_ci(stats, alpha)
+    lo, hi = _clip(_percentile_ci(stats, alpha), -1.0)
     pairs, pairing = seed_pairs(seeds_a, seeds_b, pa.size, pb.size)
     per_seed = [float(pa[i] - pb[j]) for i, j in pairs]
     return {
@@ -214,7 +220,7 @@ def seed_bootstrap_mean(
         [_as_runs(runs, "runs")], labels, spurious, metric, n_resamples, seed
     )
     stats = _resampled_means(boot, np.random.default_rng([seed, _RUN_STREAM]))
-    lo, hi = _percentile_ci(stats, alpha)
+    lo, hi = _clip(_percentile_ci(stats, alpha), 0.0)
     return {
         "mean": float(points.mean()),
         "ci": [lo, hi],

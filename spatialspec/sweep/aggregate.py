@@ -1,14 +1,29 @@
-"""Statistics over seeds: per method × budget, the mean, sd and 95 % t-interval of the test
-robust AUROC and AUROC of the finished runs (the numbers of ``summary.md`` and the chart)."""
+"""Statistics over seeds: per method × budget, the mean, sd and seed-aware 95 % interval of the
+test robust AUROC and AUROC of the finished runs, and each group's difference from ``binary``
+and from ``seg`` at the same budget (the numbers of ``summary.md`` and the chart).
+
+The intervals are the two-level bootstrap of :mod:`spatialspec.metrics.seeds` (training runs,
+then test images within each class, paired across the groups compared), computed by
+:func:`spatialspec.evaluation.compare.compare_reports` from each run's ``report.json`` and its
+predictions. Where those cannot be compared (e.g. a group whose images hold one class), the
+group falls back to a t-interval over its seeds' values and ``ci_method`` says so.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from spatialspec.sweep.plan import REPORT
+
 _NAN = float("nan")
+METRICS = ("robust_auroc", "auroc")
+#: The references every group is compared against (when the sweep holds them).
+REFERENCES = ("binary", "seg")
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
@@ -31,25 +46,118 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
     return mean, sd, max(0.0, mean - half), min(1.0, mean + half)
 
 
-def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method × budget over the finished seeds: ``n_seeds``, and for ``robust_auroc`` and
-    ``auroc`` the ``_mean``, ``_sd`` and 95 % t-interval ``_lo`` / ``_hi`` of the mean."""
+def group_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns that define a group of seeds: method, budget (and specificity if swept)."""
+    keys = ["method", "budget"]
+    if "specificity" in frame and frame["specificity"].nunique(dropna=True) > 1:
+        keys.append("specificity")
+    return keys
+
+
+def _label(key: tuple[Any, ...]) -> str:
+    return " @ ".join(str(k) for k in key)
+
+
+def _reference(keys: list[str], key: tuple[Any, ...], index: dict, method: str) -> int | None:
+    """Index of the reference group for ``key``: binary (any budget), seg at the same budget
+    (and specificity ``mask`` when specificity is swept)."""
+    if key[0] == method:
+        return None
+    for other, i in index.items():
+        if other[0] != method:
+            continue
+        if method == "binary":
+            return i
+        same = dict(zip(keys, other, strict=True))
+        mine = dict(zip(keys, key, strict=True))
+        spec_ok = "specificity" not in keys or same["specificity"] in ("mask", None)
+        if same["budget"] == mine["budget"] and spec_ok:
+            return i
+    return None
+
+
+def _fallback_row(group: pd.DataFrame) -> dict[str, Any]:
+    row: dict[str, Any] = {"ci_method": "t-interval over seeds"}
+    for key in METRICS:
+        stats = t_interval(group[key].to_numpy(float))
+        row.update(zip([f"{key}_{s}" for s in ("mean", "sd", "lo", "hi")], stats, strict=True))
+    return row
+
+
+def _seed_rows(
+    groups: list[tuple[tuple[Any, ...], pd.DataFrame]], keys: list[str], n_resamples: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """Seed-aware rows and reference pairs via compare_reports; None if they cannot be had."""
+    from spatialspec.evaluation.compare import CompareError, compare_reports
+
+    index = {key: i for i, (key, _) in enumerate(groups)}
+    pairs = []
+    for key, i in index.items():
+        for ref in REFERENCES:
+            j = _reference(keys, key, index, ref)
+            if j is not None:
+                pairs.append((i, j))
+    paths = [[Path(d) / REPORT for d in g["run_dir"]] for _, g in groups]
+    try:
+        result = compare_reports(
+            paths, names=[_label(k) for k, _ in groups], n_resamples=n_resamples, pairs=pairs
+        )
+    except (CompareError, ValueError):
+        return None
+    return result["reports"], result["pairs"]
+
+
+def _pair_columns(pair: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = {}
+    for key in METRICS:
+        entry = pair[key]
+        lo, hi = entry["ci"]
+        out.update({
+            f"{prefix}_{key}_diff": _num(entry["diff"]),
+            f"{prefix}_{key}_lo": _num(lo),
+            f"{prefix}_{key}_hi": _num(hi),
+            f"{prefix}_{key}_excludes_zero": entry["excludes_zero"],
+            f"{prefix}_{key}_wins": entry.get("a_wins"),
+            f"{prefix}_{key}_seed_pairs": entry.get("n_seed_pairs"),
+        })  # fmt: skip
+    return out
+
+
+def _num(value: Any) -> float:
+    return _NAN if value is None else float(value)
+
+
+def aggregate(frame: pd.DataFrame, n_resamples: int = 1000) -> pd.DataFrame:
+    """Per method × budget (× specificity) over the finished seeds: ``n_seeds``; for
+    ``robust_auroc`` and ``auroc`` the ``_mean``, ``_sd`` and seed-aware 95 % interval
+    ``_lo`` / ``_hi``; and ``vs_binary_*`` / ``vs_seg_*`` differences (``_diff``, ``_lo``,
+    ``_hi``, ``_excludes_zero``, ``_wins`` of ``_seed_pairs``) where those references ran."""
     done = frame[frame["status"] == "finished"]
+    keys = group_keys(frame)
+    groups = list(done.groupby(keys, sort=False, dropna=False))
+    if not groups:
+        return pd.DataFrame()
+    seeded = _seed_rows(groups, keys, n_resamples)
     rows = []
-    for (method, budget), group in done.groupby(["method", "budget"], sort=False):
-        row = {
-            "method": method,
-            "budget": budget,
-            "n_masks": group["n_masks"].dropna().median(),
-            "n_seeds": len(group),
-        }
-        for key in ("robust_auroc", "auroc"):
-            stats = t_interval(group[key].to_numpy(float))
-            row.update(zip([f"{key}_{s}" for s in ("mean", "sd", "lo", "hi")], stats, strict=True))
+    for i, (key, group) in enumerate(groups):
+        row = dict(zip(keys, key, strict=True))
+        row.update(n_masks=group["n_masks"].dropna().median(), n_seeds=len(group))
+        if seeded is None:
+            row.update(_fallback_row(group))
+        else:
+            rep = seeded[0][i]
+            row["ci_method"] = "two-level bootstrap (seeds x images)"
+            for m in METRICS:
+                sd = rep.get(f"{m}_sd")
+                row.update({f"{m}_mean": _num(rep[m]), f"{m}_sd": _num(sd),
+                            f"{m}_lo": _num(rep[f"{m}_ci"][0]),
+                            f"{m}_hi": _num(rep[f"{m}_ci"][1])})  # fmt: skip
+            for pair in seeded[1]:
+                if pair["a_index"] == i:
+                    ref = groups[pair["b_index"]][0][0]
+                    row.update(_pair_columns(pair, f"vs_{ref}"))
         rows.append(row)
     table = pd.DataFrame(rows)
-    if table.empty:
-        return table
     order = {m: i for i, m in enumerate(dict.fromkeys(frame["method"]))}
     table["_order"] = table["method"].map(order)
     return table.sort_values(["_order", "n_masks"], kind="stable").drop(columns="_order")

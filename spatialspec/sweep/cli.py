@@ -56,6 +56,12 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
         default=_S,
         help=f"training (and mask-selection) seeds (default {_DEFAULTS.seeds})",
     )
+    p.add_argument(
+        "--specificities",
+        default=_S,
+        help="spatial specificity levels of the dense target as a grid axis, e.g. "
+        "mask,dilate:2,dilate:4,dilate:8,box,image (default: each method's own level)",
+    )
     p.add_argument("--out", default=_S, help="sweep folder (re-run the command to resume)")
     p.add_argument(
         "--set",
@@ -228,6 +234,7 @@ def _sweep(config: SweepConfig) -> Any:
         loggers=config.loggers,
         mlflow_tracking_uri=config.mlflow_tracking_uri,
         wait=config.wait,
+        specificities=config.specificities,
     )
 
 

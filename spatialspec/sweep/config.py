@@ -83,6 +83,8 @@ class SweepConfig:
         methods: Registered method names (a list or ``"binary,seg"``).
         budgets: Mask budgets (counts, fractions, ``10%``, ``all``).
         seeds: Training (and mask-selection) seeds.
+        specificities: Spatial specificity levels of the dense target, a grid axis (None: each
+            method's own level).
         out: The sweep folder.
         jobs: Fits at a time with the local launcher.
         launcher: ``local``, ``slurm`` or ``print``.
@@ -99,6 +101,7 @@ class SweepConfig:
     methods: str | tuple[str, ...] = "binary,bbox,seg"
     budgets: str | tuple[Any, ...] = "0,10,25,50,100,all"
     seeds: str | tuple[Any, ...] = "1,2,3"
+    specificities: str | tuple[Any, ...] | None = None
     out: str | None = None
     jobs: int = 1
     launcher: str = "local"
@@ -205,6 +208,7 @@ def _mem(value: Any) -> float:
 
 _SWEEP_CHECKS: dict[str, Any] = {
     "fit_config": _maybe(_text), "methods": _grid, "budgets": _grid, "seeds": _grid,
+    "specificities": _maybe(_grid),
     "out": _maybe(_text), "jobs": _positive(1), "launcher": _text, "set": _pairs,
     "n_resamples": _positive(1), "loggers": _maybe(_names), "mlflow_tracking_uri": _maybe(_text),
     "wait": _flag, "progress": _flag,

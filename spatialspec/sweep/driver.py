@@ -50,6 +50,7 @@ def run_sweep(
     loggers: Sequence[str] | None = None,
     mlflow_tracking_uri: str | None = None,
     wait: bool = True,
+    specificities: str | Iterable[Any] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep and, if its launcher waited for the runs, write its summaries.
 
@@ -73,6 +74,8 @@ def run_sweep(
         loggers: Experiment loggers for every fit (``fit --loggers``), e.g. ``["mlflow"]``.
         mlflow_tracking_uri: MLflow store; by default, with mlflow, ``sqlite:///<out>/mlflow.db``.
         wait: With ``slurm``: wait for the array, then summarise (else return after submitting).
+        specificities: Spatial specificity levels as a grid axis of the dense methods, e.g.
+            ``"mask,dilate:4,box,image"`` (None: each method's own level).
 
     Returns:
         The ``summary.csv`` table (one row per planned run; ``status`` finished | failed |
@@ -87,7 +90,7 @@ def run_sweep(
         KeyboardInterrupt: Interrupted; finished runs are kept and the next call resumes.
     """
     start = time.perf_counter()
-    runs, config, overrides = _validate(config, budgets, methods, seeds, overrides)
+    runs, config, overrides = _validate(config, budgets, methods, seeds, overrides, specificities)
     resources = slurm or SlurmConfig()
     chosen = make_launcher(launcher, LaunchOptions(jobs, wait, progress, resources))
     out = Path(out)
@@ -132,8 +135,9 @@ def _validate(
     methods: str | Iterable[str],
     seeds: str | Iterable[Any],
     overrides: Sequence[str],
+    specificities: str | Iterable[Any] | None = None,
 ) -> tuple[list[SweepRun], Path, list[str]]:
-    runs = plan(methods, budgets, seeds)
+    runs = plan(methods, budgets, seeds, specificities)
     config = Path(config)
     if not config.is_file():
         raise FileNotFoundError(f"config file not found: {config}")

@@ -23,10 +23,11 @@ SWEEP_DEFAULTS = (
 #: Fit keys the sweep sets per run (or from its own options); overrides may not touch them.
 RESERVED_KEYS = (
     "method", "seed", "out_dir", "overwrite", "resume", "run_name", "tags", "loggers",
-    "mlflow_tracking_uri", "data.mask_budget", "data.budget_seed",
+    "mlflow_tracking_uri", "data.mask_budget", "data.budget_seed", "data.specificity",
 )  # fmt: skip
 #: The sweep option that sets a reserved key, where there is one.
-_SWEEP_OPTION = {"loggers": "--loggers", "mlflow_tracking_uri": "--mlflow-tracking-uri"}
+_SWEEP_OPTION = {"loggers": "--loggers", "mlflow_tracking_uri": "--mlflow-tracking-uri",
+                 "data.specificity": "--specificities"}  # fmt: skip
 
 
 def method_config(config: str | Path, method: str) -> Path:
@@ -73,8 +74,11 @@ def default_tracking_uri(out: str | Path) -> str:
 
 
 def run_tags(run: SweepRun) -> dict[str, str]:
-    """Logger tags of a run: its method, budget and seed."""
-    return {"method": run.method, "budget": run.budget, "seed": str(run.seed)}
+    """Logger tags of a run: its method, budget, seed (and specificity when swept)."""
+    tags = {"method": run.method, "budget": run.budget, "seed": str(run.seed)}
+    if run.specificity is not None:
+        tags["specificity"] = run.specificity
+    return tags
 
 
 def logger_args(
@@ -116,6 +120,8 @@ def fit_argv(
     argv += ["--method", run.method, "--seed", str(run.seed), "--out_dir", str(run_dir)]
     if run.uses_masks:
         argv += ["--data.mask_budget", run.budget, "--data.budget_seed", str(run.seed)]
+    if run.specificity is not None:
+        argv += ["--data.specificity", run.specificity]
     argv += logger_args(run, loggers, tracking_uri)
     return [*argv, "--resume", "auto"]
 

@@ -47,7 +47,10 @@ def read_sweep(out: str | Path) -> dict[str, Any]:
 
 def planned_runs(info: dict[str, Any]) -> list[SweepRun]:
     """The runs recorded in a ``sweep.json``, in plan order."""
-    return [SweepRun(p["method"], p["budget"], int(p["seed"])) for p in info["plan"]]
+    return [
+        SweepRun(p["method"], p["budget"], int(p["seed"]), p.get("specificity"))
+        for p in info["plan"]
+    ]
 
 
 def find_run(info: dict[str, Any], name: str) -> SweepRun:
@@ -123,6 +126,7 @@ def sweep_info(
         methods=list(dict.fromkeys(run.method for run in runs)),
         budgets=list(dict.fromkeys(run.budget for run in runs if run.uses_masks)),
         seeds=list(dict.fromkeys(run.seed for run in runs)),
+        specificities=list(dict.fromkeys(r.specificity for r in runs if r.specificity)) or None,
         cwd=os.getcwd(),
         **extra,
         plan=[{**asdict(run), "name": run.name} for run in runs],

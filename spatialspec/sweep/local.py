@@ -205,7 +205,10 @@ def result_line(result: dict[str, Any], done: int, total: int) -> str:
     """``[3/6] seg budget=0.1 seed=1: robust AUROC 0.61 [...]  AUROC ...  (42 s)``."""
     from spatialspec.evaluation.render import format_ci
 
-    head = f"[{done}/{total}] {result['method']} budget={result['budget']} seed={result['seed']}"
+    spec = f" specificity={result['specificity']}" if result.get("specificity") else ""
+    head = (
+        f"[{done}/{total}] {result['method']} budget={result['budget']}{spec} seed={result['seed']}"
+    )
     if result["status"] != "finished":
         return f"{head}: FAILED ({result['error']}); see {result['run_dir']}/{ERROR}"
     rob = format_ci(result["robust_auroc"], result["robust_auroc_ci"] or [None, None])

@@ -33,11 +33,15 @@ class SweepRun:
         budget: Canonical budget label (:func:`budget_label`), or :data:`NO_BUDGET` for a method
             that ignores masks.
         seed: Training seed, also the seed of the budget's mask selection.
+        specificity: Spatial specificity of the dense target (``data.specificity``, canonical
+            name such as ``dilate:4``), or None for the method's own level (and for methods
+            that ignore masks).
     """
 
     method: str
     budget: str
     seed: int
+    specificity: str | None = None
 
     @property
     def uses_masks(self) -> bool:
@@ -46,10 +50,12 @@ class SweepRun:
 
     @property
     def name(self) -> str:
-        """Run folder below ``DIR/runs``: ``seg/budget-10/seed-1`` or ``binary/seed-1``."""
+        """Run folder below ``DIR/runs``: ``seg/budget-10/seed-1``, ``binary/seed-1``, or with
+        a specificity ``seg/budget-all/spec-dilate-4/seed-1``."""
         if not self.uses_masks:
             return f"{self.method}/seed-{self.seed}"
-        return f"{self.method}/budget-{self.budget}/seed-{self.seed}"
+        spec = "" if self.specificity is None else f"spec-{self.specificity.replace(':', '-')}/"
+        return f"{self.method}/budget-{self.budget}/{spec}seed-{self.seed}"
 
 
 def budget_label(value: Any) -> str:
@@ -90,6 +96,13 @@ def _seeds(seeds: str | Iterable[Any]) -> list[int]:
     return out
 
 
+def _own_level_only(method: str) -> bool:
+    """Whether a method trains at one fixed specificity (``bbox``: boxes) or none (``binary``)."""
+    from spatialspec.methods import METHODS
+
+    return METHODS.get(method).annotation != "mask"
+
+
 def _ignores_masks(method: str) -> bool:
     """Whether a registered method trains on image labels only (KeyError lists valid names)."""
     from spatialspec.methods import METHODS
@@ -97,8 +110,20 @@ def _ignores_masks(method: str) -> bool:
     return METHODS.get(method).annotation == "label"
 
 
+def _specificities(values: str | Iterable[Any] | None) -> list[str | None]:
+    if values is None or (isinstance(values, str) and not values.strip()):
+        return [None]
+    from spatialspec.data.specificity import parse_specificities
+
+    listed = values if isinstance(values, str) else ",".join(str(v) for v in values)
+    return list(dict.fromkeys(level.name for level in parse_specificities(listed)))
+
+
 def plan(
-    methods: str | Iterable[str], budgets: str | Iterable[Any], seeds: str | Iterable[Any]
+    methods: str | Iterable[str],
+    budgets: str | Iterable[Any],
+    seeds: str | Iterable[Any],
+    specificities: str | Iterable[Any] | None = None,
 ) -> list[SweepRun]:
     """The runs of a sweep, seed by seed (so an interrupted sweep has whole seeds done first).
 
@@ -106,9 +131,13 @@ def plan(
         methods: Registered method names (a list or ``"binary,seg"``).
         budgets: Mask budgets (anything :func:`budget_label` accepts, or ``"0,25,all"``).
         seeds: Training seeds (ints or ``"1,2,3"``).
+        specificities: Spatial specificity levels of the dense target (``"mask,dilate:4,box"``;
+            :mod:`spatialspec.data.specificity`), a grid axis of the methods trained on masks
+            (``bbox`` keeps its boxes, ``binary`` its labels); None: each method's own level.
 
     Returns:
-        Methods that ignore masks once per seed; the others once per budget and seed.
+        Methods that ignore masks once per seed; the others once per budget, specificity and
+        seed.
 
     Raises:
         KeyError: An unknown method (the message lists the valid names).
@@ -117,15 +146,18 @@ def plan(
     names = items(methods)
     labels = list(dict.fromkeys(budget_label(b) for b in items(budgets)))
     seed_list = _seeds(seeds)
+    levels = _specificities(specificities)
     for kind, values in (("methods", names), ("budgets", labels), ("seeds", seed_list)):
         if not values:
             raise ValueError(f"a sweep needs at least one of {kind}")
     once = {m: _ignores_masks(m) for m in names}
+    fixed = {m: _own_level_only(m) for m in names}
     return [
-        SweepRun(method, budget, seed)
+        SweepRun(method, budget, seed, None if once[method] else level)
         for seed in seed_list
         for method in names
         for budget in ([NO_BUDGET] if once[method] else labels)
+        for level in ([None] if fixed[method] else levels)
     ]
 
 

@@ -1,7 +1,7 @@
 """The sweep's chart: test robust AUROC against the number of training masks.
 
-One line per dense method (mean and 95 % t-band over seeds, symlog x so that 0 masks shows) and a
-horizontal band for each method that ignores masks (``binary``), drawn from
+One line per dense method (mean and seed-aware 95 % band over seeds, symlog x so that 0 masks
+shows) and a horizontal band for each method that ignores masks (``binary``), drawn from
 :func:`~spatialspec.sweep.summary.aggregate` of the finished runs.
 """
 
@@ -20,15 +20,21 @@ from spatialspec.sweep.plan import NO_BUDGET
 CHART = "robust_auroc_vs_masks.png"
 
 
-def plot_sweep(frame: pd.DataFrame, path: str | Path) -> Path:
+def plot_sweep(frame: pd.DataFrame, path: str | Path, table: pd.DataFrame | None = None) -> Path:
     """Robust AUROC vs. number of masks (symlog x, so 0 shows): one line per dense method
-    (mean and 95 % t-band over seeds); methods without masks as horizontal bands."""
+    (mean and seed-aware 95 % band); methods without masks as horizontal bands.
+
+    Args:
+        frame: ``summary.csv``'s table.
+        path: The PNG to write.
+        table: :func:`~spatialspec.sweep.aggregate.aggregate` of ``frame`` if already computed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = aggregate(frame)
+    table = aggregate(frame) if table is None else table
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (method, group) in enumerate(table.groupby("method", sort=False) if len(table) else []):
@@ -72,7 +78,7 @@ def _style_axes(ax: Any, table: pd.DataFrame) -> None:
         ax.set_xlim(-0.3, max(masks) * 1.4 + 1)
     ax.set_ylim(-0.03, 1.05)  # a curve at 0 stays visible
     ax.set_xlabel("training positives with a mask (symlog)")
-    ax.set_ylabel("test robust AUROC (mean, 95 % t-CI)")
+    ax.set_ylabel("test robust AUROC (mean, seed-aware 95 % CI)")
     ax.set_title("Robust AUROC vs. pixel annotations", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)

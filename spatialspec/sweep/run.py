@@ -66,8 +66,12 @@ def make_task(run: SweepRun, out: str | Path, settings: dict[str, Any]) -> dict[
 
 
 def identity(task: dict[str, Any]) -> dict[str, Any]:
-    """``name``, ``method``, ``budget``, ``seed``, ``run_dir`` of a task."""
-    return {k: task[k] for k in ("name", "method", "budget", "seed", "run_dir")}
+    """``name``, ``method``, ``budget``, ``seed``, ``run_dir`` (and ``specificity`` when set)."""
+    keys = ("name", "method", "budget", "seed", "run_dir")
+    out = {k: task[k] for k in keys}
+    if task.get("specificity"):
+        out["specificity"] = task["specificity"]
+    return out
 
 
 def last_line(err: BaseException) -> str:

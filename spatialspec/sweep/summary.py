@@ -1,8 +1,9 @@
 """Summaries of a sweep from its run folders: ``summary.csv``, ``summary.md``, the chart.
 
 * ``summary.csv``: one row per planned run (:data:`SUMMARY_COLUMNS`), whatever its state;
-* ``summary.md``: mean ± sd and the mean with a 95 % t-interval over the finished seeds per
-  method × budget, the chart, the unfinished runs and the sweep's wall time;
+* ``summary.md``: mean ± sd and the mean with a seed-aware 95 % interval over the finished seeds
+  per method × budget, the differences from binary and from seg at the same budget, the chart,
+  the unfinished runs and the sweep's wall time;
 * ``robust_auroc_vs_masks.png`` (:mod:`spatialspec.sweep.plot`).
 
 Everything is read from the folders (:func:`~spatialspec.sweep.status.run_state`), so
@@ -28,12 +29,14 @@ from spatialspec.sweep.aggregate import aggregate
 from spatialspec.sweep.folder import SWEEP_JSON
 from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, run_dir_of
 from spatialspec.sweep.plot import CHART, plot_sweep
+from spatialspec.sweep.plot_specificity import SPECIFICITY_CHART, plot_specificity
 from spatialspec.sweep.status import read_json, run_state
 
 #: Columns of ``summary.csv``, in order.
 SUMMARY_COLUMNS = (
-    "method", "budget", "n_masks", "seed", "robust_auroc", "robust_auroc_lo", "robust_auroc_hi",
-    "auroc", "auroc_lo", "auroc_hi", "n_robust", "run_dir", "status", "seconds", "error",
+    "method", "budget", "specificity", "n_masks", "seed", "robust_auroc", "robust_auroc_lo",
+    "robust_auroc_hi", "auroc", "auroc_lo", "auroc_hi", "n_robust", "run_dir", "status", "seconds",
+    "error",
 )  # fmt: skip
 _NAN = float("nan")
 
@@ -102,6 +105,7 @@ def collect_summary(out: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
         row = {
             "method": run.method,
             "budget": run.budget,
+            "specificity": run.specificity,
             "n_masks": _n_masks(run, run_dir, manifests),
             "seed": run.seed,
             **_metrics(report or {}),
@@ -136,9 +140,29 @@ def _mean_ci(row: pd.Series, key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def summary_markdown(frame: pd.DataFrame, info: dict[str, Any]) -> str:
+def _diff_cell(row: pd.Series, prefix: str) -> str:
+    """``+0.412 [0.301, 0.520] * (3/3)``: a difference, its seed-aware CI, seed-pair wins."""
+    key = f"{prefix}_robust_auroc"
+    if f"{key}_diff" not in row or not np.isfinite(row[f"{key}_diff"]):
+        return "–"
+    star = " *" if row[f"{key}_excludes_zero"] is True else ""
+    wins = row.get(f"{key}_wins")
+    pairs = row.get(f"{key}_seed_pairs")
+    seeds = "" if pd.isna(wins) or pd.isna(pairs) or pairs <= 1 else f" ({int(wins)}/{int(pairs)})"
+    lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
+    return f"{row[f'{key}_diff']:+.3f} [{lo:.3f}, {hi:.3f}]{star}{seeds}"
+
+
+def _table(frame: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
+    return aggregate(frame, n_resamples=int(info.get("settings", {}).get("n_resamples", 1000)))
+
+
+def summary_markdown(
+    frame: pd.DataFrame, info: dict[str, Any], table: pd.DataFrame | None = None
+) -> str:
     """``summary.md``: the method × budget table, the chart, and the unfinished runs."""
-    table = aggregate(frame)
+    table = _table(frame, info) if table is None else table
+    spec = "specificity" in table
     lines = [
         "# spatialspec sweep: robust AUROC vs. pixel annotations",
         "",
@@ -146,22 +170,33 @@ def summary_markdown(frame: pd.DataFrame, info: dict[str, Any]) -> str:
         f"seeds {', '.join(map(str, info.get('seeds', [])))}.",
         "",
         "Test robust AUROC (images where the spurious feature disagrees with the label; 0.5 is "
-        "chance) over training seeds: mean ± sd and the mean with a 95 % t-interval (n − 1 "
-        "degrees of freedom; – with one seed). `masks`: training positives that kept their "
-        "pixel annotation; `binary` uses none (budget `-`).",
+        "chance) over training seeds: mean ± sd, and the mean with a seed-aware 95 % CI "
+        "(two-level bootstrap: seeds resampled per group, then test images within each class). "
+        "`vs binary` / `vs seg`: the difference of the means from binary and from seg at the "
+        "same budget, with the same two-level CI (paired on the images); * marks a CI that "
+        "excludes 0, (w/n) the seed pairs in which the row beat the reference. `masks`: "
+        "training positives that kept their pixel annotation; `binary` uses none (budget `-`).",
         "",
-        "| method | budget | masks | seeds | robust AUROC mean ± sd | robust AUROC [95 % t-CI] "
-        "| AUROC mean ± sd | AUROC [95 % t-CI] |",
-        "|---|---|---:|---:|---|---|---|---|",
+        "| method | budget |" + (" specificity |" if spec else "") + " masks | seeds | robust "
+        "AUROC mean ± sd | robust AUROC [95 % CI] | vs binary | vs seg | AUROC mean ± sd | "
+        "AUROC [95 % CI] |",
+        "|---|---|" + ("---|" if spec else "") + "---:|---:|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         masks = "–" if pd.isna(row["n_masks"]) else f"{int(row['n_masks'])}"
+        specificity = f" {row['specificity']} |" if spec else ""
         lines.append(
-            f"| {row['method']} | {row['budget']} | {masks} | {row['n_seeds']} | "
+            f"| {row['method']} | {row['budget']} |{specificity} {masks} | {row['n_seeds']} | "
             f"{_mean_sd(row, 'robust_auroc')} | {_mean_ci(row, 'robust_auroc')} | "
+            f"{_diff_cell(row, 'vs_binary')} | {_diff_cell(row, 'vs_seg')} | "
             f"{_mean_sd(row, 'auroc')} | {_mean_ci(row, 'auroc')} |"
         )
+    if not table.empty and (table["ci_method"] != "two-level bootstrap (seeds x images)").any():
+        lines += ["", "CIs fell back to a t-interval over seeds: the runs' predictions could "
+                  "not be compared image by image (see the runs' report.json)."]  # fmt: skip
     lines += ["", f"![robust AUROC vs. masks]({CHART})", ""]
+    if spec:
+        lines += [f"![robust AUROC vs. spatial specificity]({SPECIFICITY_CHART})", ""]
     lines += _unfinished_lines(frame)
     lines.append(_wall_line(len(frame), info))
     return "\n".join(lines) + "\n"
@@ -201,8 +236,11 @@ def write_summaries(out: str | Path, frame: pd.DataFrame, info: dict[str, Any]) 
     out = Path(out)
     with atomic_open(out / "summary.csv", "w", newline="") as fh:
         frame.to_csv(fh, index=False)
-    plot_sweep(frame, out / CHART)
-    write_text_atomic(out / "summary.md", summary_markdown(frame, info))
+    table = _table(frame, info)
+    plot_sweep(frame, out / CHART, table)
+    if "specificity" in table:
+        plot_specificity(table, out / SPECIFICITY_CHART)
+    write_text_atomic(out / "summary.md", summary_markdown(frame, info, table))
     counts = frame["status"].value_counts().to_dict()
     status = "complete" if counts.get("finished", 0) == len(frame) else "incomplete"
     write_json_atomic(out / SWEEP_JSON, {**info, "status": status, "counts": counts})

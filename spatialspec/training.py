@@ -333,7 +333,7 @@ def fit_config(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
     point = find_resume(out_dir, cfg.resume)
     rank_zero = rank_zero_only.rank == 0
     if point is not None:
-        check_same_config(out_dir, point, config)
+        check_same_config(out_dir, point, config, _defaults(cfg, parser))
     elif rank_zero:
         _prepare_run_dir(out_dir, cfg.overwrite)
     if rank_zero:
@@ -366,6 +366,15 @@ def _specificity(cfg: Namespace) -> str | None:
     annotation = get_method(cfg.method).annotation
     level = resolve_specificity(annotation, cfg.data.specificity, method=cfg.method)
     return None if level is None else level.name
+
+
+def _defaults(cfg: Namespace, parser: ArgumentParser) -> dict[str, Any]:
+    """What this fit's keys would be if not given: the parser's defaults, with the
+    specificity resolved for the method (what a run from before that option trained with)."""
+    defaults = parser.get_defaults()
+    defaults.method = cfg.method
+    defaults.data.specificity = _specificity(defaults)
+    return yaml.safe_load(parser.dump(defaults, skip_none=False, skip_check=True)) or {}
 
 
 def _resolved_config(cfg: Namespace, parser: ArgumentParser) -> str:

@@ -192,6 +192,22 @@ def test_resume_refuses_another_config(finished) -> None:
     assert len(info["invocations"]) == 2  # nothing left to train, the run is recorded again
 
 
+def test_a_run_from_before_an_added_option_resumes_at_its_default(finished) -> None:
+    """A config.yaml without data.specificity (runs made before the option) still resumes,
+    unless the fit now asks for another level."""
+    import yaml
+
+    run, base = finished
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"].pop("specificity") == "mask"
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    info = fit([*base, "--resume", "auto"])
+    assert len(info["invocations"]) == 2
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ValueError, match=r"data.specificity: '<absent>' -> 'dilate:2'"):
+        fit([*base, "--resume", "auto", "--data.specificity", "dilate:2"])
+
+
 def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path, quick_fit_args) -> None:
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)

@@ -7,7 +7,8 @@ folder's saved ``config.yaml`` must match this fit's config except for the setti
 change what is computed: the trainer's stopping limits (``max_epochs``, ``max_steps``,
 ``max_time``) and the progress display. Anything else (a learning rate, a mask budget, the
 number of devices) is refused with the list of differences, since the continued run would
-silently mix two settings.
+silently mix two settings. A key the saved config lacks (an option added by a later version of
+spatialspec) passes when this fit leaves it at its default: the run computed that already.
 """
 
 from __future__ import annotations
@@ -87,12 +88,22 @@ def find_resume(out_dir: str | Path, resume: str | None) -> ResumePoint | None:
     return max(points, key=lambda p: (p.global_step, p.path.stat().st_mtime_ns))
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"key: saved -> now"`` for every dotted key whose value differs (except MAY_DIFFER)."""
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``"key: saved -> now"`` for every dotted key whose value differs (except MAY_DIFFER,
+    and keys absent from ``saved`` whose current value is their value in ``defaults``)."""
     flat_saved, flat_now = _flatten(saved), _flatten(current)
+    flat_defaults = _flatten(defaults or {})
     out = []
     for key in sorted(set(flat_saved) | set(flat_now)):
         if key in MAY_DIFFER:
+            continue
+        if (
+            key not in flat_saved
+            and key in flat_defaults
+            and flat_now.get(key) == flat_defaults[key]
+        ):
             continue
         before, now = flat_saved.get(key, "<absent>"), flat_now.get(key, "<absent>")
         if before != now:
@@ -100,10 +111,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return out
 
 
-def check_same_config(out_dir: Path, point: ResumePoint, current: dict[str, Any]) -> None:
+def check_same_config(
+    out_dir: Path,
+    point: ResumePoint,
+    current: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """Refuse to resume a run whose saved config differs from ``current`` (see the module doc).
 
     The reference is ``out_dir/config.yaml``, else the config saved inside the checkpoint.
+    ``defaults``: the config a fit gets for keys it is not given (keys the saved config lacks
+    pass at these values).
 
     Raises:
         ValueError: The configs differ; the message lists every difference.
@@ -117,7 +135,7 @@ def check_same_config(out_dir: Path, point: ResumePoint, current: dict[str, Any]
         if not text:
             raise CheckpointError(f"{point.path}: holds no run config to compare this fit with")
         saved, source = yaml.safe_load(text) or {}, point.path
-    differences = config_differences(saved, current)
+    differences = config_differences(saved, current, defaults)
     if differences:
         listed = "\n  ".join(differences)
         raise ValueError(

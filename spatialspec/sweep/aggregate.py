@@ -61,16 +61,17 @@ def _label(key: tuple[Any, ...]) -> str:
 def _reference(keys: list[str], key: tuple[Any, ...], index: dict, method: str) -> int | None:
     """Index of the reference group for ``key``: binary (any budget), seg at the same budget
     (and specificity ``mask`` when specificity is swept)."""
-    if key[0] == method:
-        return None
+    mine = dict(zip(keys, key, strict=True))
+    level = mine.get("specificity")
+    if key[0] == method and (level == "mask" or not isinstance(level, str)):
+        return None  # the reference itself (seg at another level is compared with seg at mask)
     for other, i in index.items():
         if other[0] != method:
             continue
         if method == "binary":
             return i
         same = dict(zip(keys, other, strict=True))
-        mine = dict(zip(keys, key, strict=True))
-        spec_ok = "specificity" not in keys or same["specificity"] in ("mask", None)
+        spec_ok = "specificity" not in keys or same["specificity"] == "mask"
         if same["budget"] == mine["budget"] and spec_ok:
             return i
     return None

@@ -184,7 +184,8 @@ def summary_markdown(
     ]
     for _, row in table.iterrows():
         masks = "–" if pd.isna(row["n_masks"]) else f"{int(row['n_masks'])}"
-        specificity = f" {row['specificity']} |" if spec else ""
+        level = row["specificity"] if spec and isinstance(row["specificity"], str) else "–"
+        specificity = f" {level} |" if spec else ""
         lines.append(
             f"| {row['method']} | {row['budget']} |{specificity} {masks} | {row['n_seeds']} | "
             f"{_mean_sd(row, 'robust_auroc')} | {_mean_ci(row, 'robust_auroc')} | "

@@ -108,7 +108,7 @@ LAZY_COMMANDS = {
     "sweep": ("spatialspec.sweep", "add_sweep_parser", "run_sweep_cli",
               "grid of methods x mask budgets x seeds -> summary.csv + plot (resumable)"),
     "compare": ("spatialspec.evaluation.compare", "add_compare_parser", "run_compare",
-                "reports side by side + paired-bootstrap differences (Markdown, HTML)"),
+                "reports or NAME=GLOB seed groups side by side + seed-aware bootstrap differences"),
     "analyze": ("spatialspec.analysis.cli", "add_analyze_parser", "run_analyze_cli",
                 "measures of a dataset (no model): specificity"),
     "demo": ("spatialspec.demo", "add_demo_parser", "run_demo",

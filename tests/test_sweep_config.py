@@ -111,6 +111,15 @@ def test_command_line_flags_win_over_the_file(recipe: Path) -> None:
     assert (config.wait, config.progress) == (False, False)
 
 
+def test_specificities_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("fit_config: f.yaml\nspecificities: [mask, dilate:4, box]\n")
+    assert load_config(path).specificities == ("mask", "dilate:4", "box")
+    config = sweep_config(_args("--config", str(path), "--specificities", "mask,image"))
+    assert config.specificities == "mask,image"
+    assert sweep_config(_args("--fit-config", "x.yaml")).specificities is None
+
+
 def test_no_file_gives_the_defaults_and_the_flags() -> None:
     config = sweep_config(_args("--fit-config", "x.yaml", "--out", "o"))
     assert config == SweepConfig(fit_config="x.yaml", out="o")

@@ -8,6 +8,7 @@ recipe is a file kept next to the data; flags given on the command line win over
     methods: [binary, seg, seg_ssl]
     budgets: [0, 10%, all]
     seeds: [1, 2, 3]
+    specificities: [mask, dilate:4, box]     # optional: data.specificity as a grid axis
     out: results/siim-sweep                  # relative to the working folder, like --out
     launcher: slurm
     set: {trainer.max_epochs: 20, data.manifest: data/siim/manifest.csv}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 import warnings
@@ -17,13 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMMANDS = ("prepare", "fit", "evaluate", "sweep", "compare", "audit", "analyze", "demo")
-#: ``spatialspec audit <name>``: module and glue functions (imported only for ``audit``).
-AUDITS = {
-    "masking": ("spatialspec.audit.masking", "add_masking_parser", "run_masking"),
-    "saliency": ("spatialspec.audit.saliency", "add_saliency_parser", "run_saliency"),
-    "slices": ("spatialspec.audit.slices", "add_slices_parser", "run_slices"),
-    "all": ("spatialspec.audit.suite", "add_suite_parser", "run_suite_cli"),
-}
+#: ``spatialspec audit all``: module and glue functions; the other ``audit`` subcommands are the
+#: registered audits (:data:`spatialspec.audit.base.AUDITS`, imported only for ``audit``).
+AUDIT_SUITE = ("spatialspec.audit.suite", "add_suite_parser", "run_suite_cli")
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -132,22 +127,32 @@ def _run_lazy(args: argparse.Namespace) -> int | None:
 
 def _audit_parser(sub: argparse._SubParsersAction, full: bool) -> None:
     """``audit``; its subcommands are built only when ``full`` (they import the model stack)."""
-    p = sub.add_parser("audit", help="why does a model score what it scores: " + ", ".join(AUDITS))
+    from spatialspec.audit import audit_names
+
+    names = [*audit_names(), "all"]
+    p = sub.add_parser("audit", help="why does a model score what it scores: " + ", ".join(names))
     kinds = p.add_subparsers(dest="audit", required=True, metavar="AUDIT")
-    for name, (module, add, _) in AUDITS.items():
-        if full and _available(module):
-            getattr(importlib.import_module(module), add)(kinds)
-        else:
+    if not full:
+        for name in names:
             kinds.add_parser(name)
+        return
+    from spatialspec.audit.base import load_audits
 
-
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    audits = load_audits()
+    for name in audits:
+        audits.get(name)().add_arguments(kinds)
+    module, add, _ = AUDIT_SUITE
+    getattr(importlib.import_module(module), add)(kinds)
 
 
 def _run_audit(args: argparse.Namespace) -> None:
-    module, _, run = AUDITS[args.audit]
-    getattr(importlib.import_module(module), run)(args)
+    if args.audit == "all":
+        module, _, run = AUDIT_SUITE
+        getattr(importlib.import_module(module), run)(args)
+        return
+    from spatialspec.audit.base import load_audits
+
+    load_audits().get(args.audit)().run_from_args(args)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spatialspec.audit.base import Audit, AuditResult, fmt, register_audit, write_result
 from spatialspec.audit.common import AuditSet, load_audit_set, load_model
 from spatialspec.data.dataset import MEAN, STD
 from spatialspec.data.io import atomic_open
@@ -520,7 +521,14 @@ def _fmt(value: float | None) -> str:
 
 
 def plot_masking(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Example images per condition (with their scores) above a bar chart of the AUROCs."""
+    """Write :func:`masking_figure` to ``path`` (atomically); returns it."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(masking_figure(result))
+    return Path(path)
+
+
+def masking_figure(result: Mapping[str, Any]) -> bytes:
+    """PNG: example images per condition (with their scores) above a bar chart of the AUROCs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -542,9 +550,7 @@ def plot_masking(result: Mapping[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    with atomic_open(path, "wb") as fh:
-        fh.write(buffer.getvalue())
-    return Path(path)
+    return buffer.getvalue()
 
 
 def _show(ax: Any, image: np.ndarray, example: dict[str, Any], condition: str, top: bool,
@@ -589,12 +595,7 @@ def _public(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_masking(result: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``masking.json``, ``masking.md`` and ``masking.png`` into ``out_dir``."""
-    out = Path(out_dir)
-    return [
-        write_json_atomic(out / "masking.json", _public(result)),
-        write_text_atomic(out / "masking.md", masking_markdown(result)),
-        plot_masking(result, out / "masking.png"),
-    ]
+    return write_result(MaskingAudit(), AuditResult("masking", dict(result)), out_dir)
 
 
 def write_masking_matrix(matrix: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
@@ -677,3 +678,53 @@ def _print_audit(result: Mapping[str, Any]) -> None:
             f"{name:17s} robust AUROC {format_ci(c['robust_auroc'], c['robust_auroc_ci'])}  "
             f"AUROC {format_ci(c['auroc'], c['auroc_ci'])}  altered {c['n_altered']}/{c['n']}"
         )
+
+
+# ---------------------------------------------------------------------------------- the audit
+
+
+@register_audit
+class MaskingAudit(Audit):
+    """``masking``: scores with the ROI / spurious region filled (Mask of truth)."""
+
+    name = "masking"
+    table_order = 2
+
+    def run(
+        self,
+        checkpoint: str | Path,
+        manifest: str | Path | None = None,
+        *,
+        seed: int = 0,
+        second_checkpoint: str | Path | None = None,
+        **options: Any,
+    ) -> AuditResult:
+        return AuditResult(self.name, audit_masking(checkpoint, manifest, seed=seed, **options))
+
+    def headline(self, result: AuditResult) -> dict[str, Any]:
+        data = result.data
+        conditions = data["conditions"]
+        return {
+            "method": data.get("method"),
+            "masking": {name: c["robust_auroc"] for name, c in conditions.items()},
+            "masking_auroc": {name: c["auroc"] for name, c in conditions.items()},
+            "masking_drop": {name: c["robust_auroc_drop"] for name, c in conditions.items()},
+        }
+
+    def summary_columns(self, headline: Mapping[str, Any]) -> dict[str, str]:
+        return {f"robust AUROC: {c}": fmt(v) for c, v in headline["masking"].items()}
+
+    def json_ready(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return _public(data)
+
+    def markdown(self, data: Mapping[str, Any]) -> str:
+        return masking_markdown(data)
+
+    def figures(self, data: Mapping[str, Any]) -> dict[str, bytes]:
+        return {"masking.png": masking_figure(data)}
+
+    def add_arguments(self, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+        return add_masking_parser(sub)
+
+    def run_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
+        return run_masking(args)

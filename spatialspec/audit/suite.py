@@ -1,27 +1,34 @@
-"""``spatialspec audit all`` / ``make audit``: the three audits on several models, one summary.
+"""``spatialspec audit all`` / ``make audit``: every registered audit on several models.
 
-Each model gets ``OUT/<name>/{masking,saliency,slices}.*``; ``OUT/summary.json`` holds the
-headline numbers per model (``localization_auprc``, ``spurious_attribution_share``,
-``top_slice_precision``, ``masking``: condition -> robust AUROC, ...) and, when models named
-``binary`` and ``seg`` are both audited, the checks the paper's story predicts.
+The audits are those of :data:`spatialspec.audit.base.AUDITS` (today masking, saliency and
+slices), run in name order. Each model gets ``OUT/<name>/<audit>.*``; ``OUT/summary.json`` holds
+each audit's headline numbers per model (``localization_auprc``, ``spurious_attribution_share``,
+``top_slice_precision``, ``masking``: condition -> robust AUROC, ...) with the seconds each audit
+took and, when models named ``binary`` and ``seg`` are both audited, the checks the paper's
+story predicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spatialspec.audit.masking import audit_masking, write_masking
-from spatialspec.audit.saliency import audit_saliency, write_saliency
-from spatialspec.audit.slices import audit_slices, write_slices
+from spatialspec.audit.base import Audit, load_audits, write_result
+from spatialspec.audit.saliency import HEADLINE_ATTRIBUTION  # re-exported (it moved)
 from spatialspec.runinfo import run_metadata, write_json_atomic, write_text_atomic
 
-#: Attribution method whose numbers the summary reports (Grad-CAM on a U-Net's bottleneck
-#: says little about dense models; see the saliency audit's notes).
-HEADLINE_ATTRIBUTION = "integrated_gradients"
+__all__ = [
+    "EXPECTATIONS",
+    "HEADLINE_ATTRIBUTION",
+    "add_suite_parser",
+    "audit_model",
+    "run_suite",
+    "run_suite_cli",
+    "summary_markdown",
+]
 
 #: Expectations on the synthetic benchmark (issue 5), checked when ``binary`` and ``seg`` exist.
 EXPECTATIONS = {
@@ -38,56 +45,55 @@ EXPECTATIONS = {
 }
 
 
+def _audits(names: Sequence[str] | None = None) -> list[Audit]:
+    """Instances of the registered audits (all, in name order, when ``names`` is None)."""
+    registry = load_audits()
+    return [registry.get(name)() for name in (registry.names() if names is None else names)]
+
+
 def audit_model(
     checkpoint: str | Path,
     out: str | Path,
     *,
     manifest: str | Path | None = None,
     second_checkpoint: str | Path | None = None,
-    saliency_limit: int = 200,
+    saliency_limit: int | None = None,
     seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    audits: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run masking, saliency and slices on one checkpoint; write their files; return headlines."""
+    """Run every audit on one checkpoint; write their files; return their merged headlines.
+
+    Args:
+        options: Audit name -> extra :meth:`Audit.run` options (e.g. ``{"saliency":
+            {"limit": 200}}``); ``saliency_limit`` is a shorthand for that one.
+        audits: Names of the audits to run (default: every registered one).
+    """
     out = Path(out)
+    options = _with_saliency_limit(options, saliency_limit)
+    headline: dict[str, Any] = {}
     times = {}
-    start = time.perf_counter()
-    masking = audit_masking(checkpoint, manifest, seed=seed)
-    write_masking(masking, out)
-    times["masking"] = time.perf_counter() - start
-    start = time.perf_counter()
-    saliency = audit_saliency(
-        checkpoint, manifest, limit=saliency_limit, second_checkpoint=second_checkpoint, seed=seed
-    )
-    write_saliency(saliency, out)
-    times["saliency"] = time.perf_counter() - start
-    start = time.perf_counter()
-    slices = audit_slices(checkpoint, manifest, seed=seed)
-    write_slices(slices, out)
-    times["slices"] = time.perf_counter() - start
-    return _headlines(masking, saliency, slices, times)
+    for audit in _audits(audits):
+        start = time.perf_counter()
+        result = audit.run(checkpoint, manifest, seed=seed, second_checkpoint=second_checkpoint,
+                           **options.get(audit.name, {}))  # fmt: skip
+        write_result(audit, result, out)
+        times[audit.name] = time.perf_counter() - start
+        for key, value in audit.headline(result).items():
+            if key in headline:
+                raise ValueError(f"audit {audit.name!r} repeats the headline key {key!r}")
+            headline[key] = value
+    headline["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    return headline
 
 
-def _headlines(masking: dict, saliency: dict, slices: dict, times: dict) -> dict[str, Any]:
-    conditions = masking["conditions"]
-    attribution = saliency["attributions"][HEADLINE_ATTRIBUTION]
-    top = slices["top_slice"]
-    repeat = attribution.get("repeatability") or {}
-    return {
-        "method": masking.get("method"),
-        "localization_auprc": attribution["localization_auprc"]["mean"],
-        "spurious_attribution_share": attribution["spurious_attribution_share"]["mean"],
-        "spurious_share_uniform": attribution["spurious_attribution_share"]["uniform"],
-        "saliency_repeatability_ssim": repeat.get("ssim"),
-        "randomization_ssim": {r["layer"]: r["ssim"] for r in attribution.get("randomization", [])},
-        "attribution_method": HEADLINE_ATTRIBUTION,
-        "top_slice_precision": top.get("precision"),
-        "top_slice_recall": top.get("recall"),
-        "top_slice_size": top.get("n"),
-        "masking": {name: c["robust_auroc"] for name, c in conditions.items()},
-        "masking_auroc": {name: c["auroc"] for name, c in conditions.items()},
-        "masking_drop": {name: c["robust_auroc_drop"] for name, c in conditions.items()},
-        "seconds": {k: round(v, 1) for k, v in times.items()},
-    }
+def _with_saliency_limit(
+    options: Mapping[str, Mapping[str, Any]] | None, saliency_limit: int | None
+) -> dict[str, dict[str, Any]]:
+    merged = {name: dict(opts) for name, opts in (options or {}).items()}
+    if saliency_limit is not None:
+        merged.setdefault("saliency", {})["limit"] = saliency_limit
+    return merged
 
 
 def run_suite(
@@ -96,10 +102,15 @@ def run_suite(
     *,
     manifest: str | Path | None = None,
     second_checkpoints: Mapping[str, str | Path] | None = None,
-    saliency_limit: int = 200,
+    saliency_limit: int | None = 200,
     seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    audits: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Audit every model; write ``OUT/summary.json`` and ``OUT/summary.md``."""
+    """Audit every model; write ``OUT/summary.json`` and ``OUT/summary.md``.
+
+    ``options`` and ``audits`` are as in :func:`audit_model`.
+    """
     out = Path(out)
     per_model = {}
     for name, checkpoint in models.items():
@@ -107,7 +118,7 @@ def run_suite(
         per_model[name] = audit_model(
             checkpoint, out / name, manifest=manifest,
             second_checkpoint=(second_checkpoints or {}).get(name),
-            saliency_limit=saliency_limit, seed=seed,
+            saliency_limit=saliency_limit, seed=seed, options=options, audits=audits,
         )  # fmt: skip
     checks = {}
     if {"binary", "seg"} <= set(per_model):
@@ -124,31 +135,29 @@ def run_suite(
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The per-model headline table and the expectation checks."""
+    """The per-model headline table (each audit's columns) and the expectation checks."""
     models = summary["models"]
-    conditions = list(next(iter(models.values()))["masking"]) if models else []
-    head = ["model", "localization AUPRC", "spurious share (uniform)", "top-slice precision"]
-    head += [f"robust AUROC: {c}" for c in conditions]
+    ran = list(next(iter(models.values())).get("seconds", {})) if models else []
+    audits = _audits([name for name in ran if name in load_audits()] if models else None)
+    by_table = sorted(audits, key=lambda a: a.table_order)
+    cells = {name: {} for name in models}
+    for audit in by_table:
+        for name, m in models.items():
+            cells[name].update(audit.summary_columns(m))
+    head = ["model", *(next(iter(cells.values())) if cells else {})]
     lines = ["# Audit summary", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, m in models.items():
-        cells = [
-            name,
-            _f(m["localization_auprc"]),
-            f"{_f(m['spurious_attribution_share'])} ({_f(m['spurious_share_uniform'])})",
-            _f(m["top_slice_precision"]),
-            *(_f(m["masking"][c]) for c in conditions),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Attribution method: {HEADLINE_ATTRIBUTION}. Per-model details: "
-              "`<model>/masking.md`, `saliency.md`, `slices.md`."]  # fmt: skip
+    for name in models:
+        row = [name, *(cells[name].get(h, "–") for h in head[1:])]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = [note for note in (a.summary_note() for a in audits) if note]
+    files = [f"`{a.name}.md`" for a in audits]
+    if files:
+        files[0] = f"`<model>/{audits[0].name}.md`"
+    lines += ["", " ".join([*notes, "Per-model details: " + ", ".join(files) + "."])]
     if summary["expectations"]:
         lines += ["", "Expectations:"]
         lines += [f"- {'✓' if ok else '✗'} {name}" for name, ok in summary["expectations"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _f(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -163,13 +172,16 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
 
 def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``spatialspec audit all``."""
-    p = sub.add_parser("all", help="masking + saliency + slices on several models, one summary")
+    audits = _audits()
+    names = " + ".join(a.name for a in audits)
+    p = sub.add_parser("all", help=f"{names} on several models, one summary")
     p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
                    help="a model to audit (repeat; binary and seg enable the checks)")  # fmt: skip
     p.add_argument("--second-checkpoint", action="append", metavar="NAME=CHECKPOINT",
                    help="another training seed of model NAME (saliency repeatability)")  # fmt: skip
     p.add_argument("--manifest", help="data to audit (default: each run's manifest)")
-    p.add_argument("--saliency-limit", type=int, default=200, help="images for saliency maps")
+    for audit in audits:
+        audit.add_suite_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     return p
@@ -180,7 +192,8 @@ def run_suite_cli(args: argparse.Namespace) -> dict[str, Any]:
     summary = run_suite(
         _pairs(args.model, "--model"), args.out, manifest=args.manifest,
         second_checkpoints=_pairs(args.second_checkpoint, "--second-checkpoint"),
-        saliency_limit=args.saliency_limit, seed=args.seed,
+        saliency_limit=None, seed=args.seed,
+        options={audit.name: audit.suite_options(args) for audit in _audits()},
     )  # fmt: skip
     print(summary_markdown(summary))
     print(f"-> {Path(args.out) / 'summary.json'}")

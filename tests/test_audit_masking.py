@@ -275,6 +275,13 @@ def test_audit_masking_writes_every_condition(tiny_checkpoints, tiny_synthetic, 
     md = (tmp_path / "masking.md").read_text()
     assert all(f"| {c} |" in md for c in CONDITIONS)
     assert (tmp_path / "masking.png").read_bytes().startswith(PNG_MAGIC)
+    ref = saved["metadata_reference"]  # the tiny benchmark knows `spurious`: the default
+    assert ref["columns"] == ["spurious"] and ref["split"] == "test" and ref["n_scored"] > 0
+    assert ref["robust_auroc"] in (0.0, None)  # the spurious attribute alone is the shortcut
+    assert "Metadata-only reference" in md
+    off = audit_masking(tiny_checkpoints["seg"], tiny_synthetic, limit=8, n_resamples=10,
+                        conditions=["original"], metadata_columns=[])  # fmt: skip
+    assert off["metadata_reference"] is None
 
 
 def test_spurious_removed_alters_only_images_with_a_spurious_mask(

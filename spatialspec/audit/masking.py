@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from spatialspec.audit.base import Audit, AuditResult, fmt, register_audit, write_result
 from spatialspec.audit.common import AuditSet, load_audit_set, load_model
+from spatialspec.audit.metadata_reference import metadata_reference
 from spatialspec.data.dataset import MEAN, STD
 from spatialspec.data.io import atomic_open
 from spatialspec.data.roi import (
@@ -188,6 +190,7 @@ def audit_masking(
     seed: int = 0,
     batch_size: int = 64,
     dilate: int = DEFAULT_DILATE,
+    metadata_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on one split under each masking condition.
 
@@ -203,12 +206,16 @@ def audit_masking(
         seed: Seed of the subset, the bootstrap and the noise.
         batch_size: Images scored at once.
         dilate: Pixels by which spurious masks are grown.
+        metadata_columns: Manifest columns of the metadata-only reference
+            (:mod:`spatialspec.audit.metadata_reference`); None: ``spurious`` when the manifest
+            knows it for some rows; an empty list: no reference.
 
     Returns:
         ``conditions`` (per condition: auroc, robust_auroc and CIs, n, n_robust, n_altered,
         mean scores of positives / negatives / subgroups, drops vs ``original`` =
         original - condition), ``examples`` (scores of the figure's images), ``config``,
-        ``checkpoint``, ``manifest``, ``method``, ``train_condition``, ``metadata``; and
+        ``checkpoint``, ``manifest``, ``method``, ``train_condition``, ``metadata``,
+        ``metadata_reference`` (None without columns); and
         ``_example_images`` (arrays for the figure; not written to JSON).
     """
     conditions = _check_conditions(conditions, region, fill)
@@ -225,6 +232,7 @@ def audit_masking(
     rows = _example_rows(audit)
     run = {"limit": limit, "n_resamples": n_resamples, "batch_size": batch_size}
     descriptions = {c: DESCRIPTIONS[c] for c in conditions}
+    reference = _metadata_reference(data, metadata_columns, split, n_resamples, seed)
     return {
         "split": split,
         "n": len(audit),
@@ -236,9 +244,28 @@ def audit_masking(
         "method": _method_name(config, method),
         "pooling": method.hparams.get("pooling"),
         "train_condition": train_condition(config),
+        "metadata_reference": reference,
         "metadata": run_metadata(audit="masking"),
         "_example_images": _example_images(audit, rows, conditions, settings),
     }
+
+
+def _metadata_reference(
+    data: Any, columns: Sequence[str] | None, split: str, n_resamples: int, seed: int
+) -> dict[str, Any] | None:
+    from spatialspec.data.manifest import load_manifest
+
+    frame = getattr(data, "frame", None)
+    if frame is None or "split" not in frame:
+        if columns is None and not Path(data.manifest_path).is_file():
+            return None  # nothing to fit the default reference on
+        frame = load_manifest(data.manifest_path, check_files=False)
+    if columns is None:
+        spurious = pd.to_numeric(frame.get("spurious", pd.Series(dtype=float)), errors="coerce")
+        columns = ["spurious"] if spurious.isin([0, 1]).any() else []
+    if not columns:
+        return None
+    return metadata_reference(frame, columns, split=split, n_resamples=n_resamples, seed=seed)
 
 
 def _check_conditions(conditions: Sequence[str], region: str, fill: str) -> list[str]:
@@ -388,6 +415,7 @@ def audit_masking_matrix(
     seed: int = 0,
     batch_size: int = 64,
     dilate: int = DEFAULT_DILATE,
+    metadata_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Audit several checkpoints: the train-condition x test-condition matrix.
 
@@ -410,7 +438,7 @@ def audit_masking_matrix(
               "batch_size": batch_size, "dilate": dilate}  # fmt: skip
     audits: dict[str, dict[str, Any]] = {}
     for name, path in items:
-        result = audit_masking(path, **kwargs)
+        result = audit_masking(path, **kwargs, metadata_columns=metadata_columns)
         default = f"{result['method']}_{result['train_condition']['condition']}"
         audits[_unique(name or default, audits)] = result
     return _matrix(audits, {**kwargs, "manifest": None if manifest is None else str(manifest)})
@@ -484,10 +512,27 @@ def masking_markdown(result: Mapping[str, Any]) -> str:
         )
     lines += ["", "Δ = original − condition (positive: the condition hurts).", ""]
     lines += [f"- `{c}`: {d}" for c, d in cfg["descriptions"].items()]
+    lines += _reference_lines(result.get("metadata_reference"))
     lines += ["", f"95 % CIs: {cfg['n_resamples']} bootstrap resamples (seed {cfg['seed']})."]
     meta = result.get("metadata", {})
     lines.append(f"git commit `{meta.get('git_commit')}`, created {meta.get('created')}.")
     return "\n".join(lines) + "\n"
+
+
+def _reference_lines(ref: Mapping[str, Any] | None) -> list[str]:
+    """The metadata-only reference: what the chosen manifest columns alone achieve."""
+    if not ref:
+        return []
+    robust = ref["robust_auroc"]
+    return [
+        "",
+        f"Metadata-only reference (logistic regression on `{', '.join(ref['columns'])}`, fit "
+        f"on {ref['fit_split']}, {ref['n_scored']} {ref['split']} images scored, "
+        f"{ref['n_skipped']} rows without the columns left out): robust AUROC "
+        f"{'–' if robust is None else format_ci(robust, ref['robust_auroc_ci'])}, AUROC "
+        f"{format_ci(ref['auroc'], ref['auroc_ci'])}. An image model close to it is reading "
+        "what these columns encode.",
+    ]
 
 
 def matrix_markdown(matrix: Mapping[str, Any]) -> str:
@@ -636,6 +681,9 @@ def add_masking_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                    help="mean / noise (stats of the kept pixels) or zero")  # fmt: skip
     p.add_argument("--dilate", type=int, default=DEFAULT_DILATE,
                    help="pixels by which spurious masks are grown")  # fmt: skip
+    p.add_argument("--metadata-columns", default=None, metavar="COLS",
+                   help="manifest columns of the metadata-only reference (logistic regression "
+                   "fit on train); default spurious when known; '' for none")  # fmt: skip
     p.add_argument("--limit", type=int, help="audit a seeded random subset of N images")
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="subset, bootstrap and noise seed")
@@ -651,7 +699,8 @@ def run_masking(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = {"manifest": args.manifest, "split": args.split, "region": args.region,
               "fill": args.fill, "limit": args.limit, "n_resamples": args.n_resamples,
               "seed": args.seed, "batch_size": args.batch_size, "dilate": args.dilate,
-              "conditions": conditions}  # fmt: skip
+              "conditions": conditions,
+              "metadata_columns": _columns(getattr(args, "metadata_columns", None))}  # fmt: skip
     if len(checkpoints) == 1:
         result = audit_masking(checkpoints[0][1], **kwargs)
         paths = write_masking(result, args.out)
@@ -662,6 +711,10 @@ def run_masking(args: argparse.Namespace) -> dict[str, Any]:
         print(matrix_markdown(result), end="")
     print("wrote " + ", ".join(str(p) for p in paths[-3:]))
     return result
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
 
 
 def _named(value: str) -> tuple[str | None, str]:

@@ -9,6 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spatialspec.audit.slice_eval import (
+    evaluate_subgroups,
+    fit_on_val_apply,
+    known_subgroups,
+    precision_at_k,
+)
 from spatialspec.audit.slices import (
     ErrorAwareMixture,
     add_slices_parser,
@@ -168,6 +174,70 @@ def test_rank_slices_by_hand() -> None:
     assert rows[2]["n"] == 0 and rows[2]["error_gap"] is None
 
 
+# --------------------------------------------------------------------------- Domino's evaluation
+
+
+def test_precision_at_k_by_hand() -> None:
+    membership = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    subgroup = np.array([1, 0, 1, 1, 0, 0], bool)
+    assert precision_at_k(membership, subgroup, 1) == 1.0
+    assert precision_at_k(membership, subgroup, 2) == 0.5
+    assert precision_at_k(membership, subgroup, 4) == pytest.approx(3 / 4)
+    assert precision_at_k(membership, subgroup, 25) == pytest.approx(3 / 6)  # all when fewer
+    # ties: stable order, the earlier image first
+    assert precision_at_k(np.array([0.5, 0.5, 0.1]), np.array([0, 1, 1], bool), 1) == 0.0
+
+
+def test_evaluate_subgroups_picks_slice_or_complement() -> None:
+    from sklearn.metrics import average_precision_score
+
+    # 12 images; slice 0 holds images 0-5, slice 1 images 6-11
+    p0 = np.array([0.9, 0.9, 0.8, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1])
+    resp = np.stack([p0, 1 - p0], axis=1)
+    inner = np.zeros(12, bool)
+    inner[[0, 1, 2, 6]] = True  # mostly slice 0
+    out = evaluate_subgroups(resp, {"inner": (inner, None)}, slice_names=["a", "b"])["inner"]
+    assert out["slice"] == "a" and out["complement"] is False
+    assert out["average_precision"] == pytest.approx(average_precision_score(inner, p0))
+    assert out["precision_at_10"] == pytest.approx(4 / 10)
+    assert out["precision_at_25"] == pytest.approx(4 / 12)
+    assert out["precision"] == pytest.approx(3 / 6) and out["recall"] == pytest.approx(3 / 4)
+    assert out["f1"] == pytest.approx(2 * 3 / (6 + 4))
+    assert (out["n_subgroup"], out["n_known"]) == (4, 12)
+    assert out["prevalence"] == pytest.approx(4 / 12)
+
+    # with three slices, a subgroup that is "everything but slice 2" is found as a complement
+    resp3 = np.zeros((9, 3))
+    resp3[np.arange(9), np.repeat([0, 1, 2], 3)] = 0.8
+    resp3[resp3 == 0] = 0.1
+    outside = np.repeat([True, True, False], 3)
+    known = np.ones(9, bool)
+    known[0] = False  # unknown images are left out
+    best = evaluate_subgroups(resp3, {"outside": (outside, known)})["outside"]
+    assert best["slice"] == 2 and best["complement"] is True
+    assert best["average_precision"] == pytest.approx(1.0)
+    assert best["precision"] == pytest.approx(1.0) and best["recall"] == pytest.approx(1.0)
+    assert best["precision_at_10"] == pytest.approx(5 / 8)  # 8 known images, 5 in the group
+    assert best["n_known"] == 8
+    assert evaluate_subgroups(resp3, {"none": (np.zeros(9, bool), None)})["none"] is None
+
+
+def test_known_subgroups_and_val_fit() -> None:
+    labels = np.array([1, 1, 0, 0, 1])
+    groups = known_subgroups(labels, np.array([0, 1, 1, 0, np.nan]))
+    assert set(groups) == {"anti_correlated", "spurious == 1", "spurious == 0"}
+    assert groups["spurious == 1"][0].tolist() == [False, True, True, False, False]
+    assert groups["spurious == 0"][0].tolist() == [True, False, False, True, False]
+    assert groups["spurious == 0"][1].tolist() == [True, True, True, True, False]
+    x, y, scores, _, _ = planted(n=400, seed=0)
+    xt, yt, st, spt, gt = planted(n=300, seed=5)
+    resp = fit_on_val_apply((x, y, scores), (xt, yt, st))
+    assert resp.shape == (300, 8)
+    out = evaluate_subgroups(resp, known_subgroups(yt, spt))
+    assert out["anti_correlated"]["average_precision"] > 0.9  # the planted group, unseen images
+    assert out["anti_correlated"]["n_subgroup"] == gt.sum()
+
+
 # --------------------------------------------------------------------------- the audit
 
 
@@ -195,8 +265,15 @@ def test_audit_slices_writes_files(tiny_checkpoints, tiny_synthetic: Path, tmp_p
     assert {p.name for p in tmp_path.iterdir()} == {"slices.json", "slices.md", "slices.png"}
     saved = json.loads((tmp_path / "slices.json").read_text())
     expected = {"settings", "overall", "subgroup", "slices", "top_slice", "best_slice",
-                "images", "metadata", "note"}  # fmt: skip
+                "images", "metadata", "note", "subgroup_evaluation"}  # fmt: skip
     assert set(saved) == expected
+    evaluation = saved["subgroup_evaluation"]
+    assert evaluation["fit_split"] == "val" and evaluation["eval_split"] == "test"
+    assert set(evaluation["subgroups"]) == {"anti_correlated", "spurious == 1", "spurious == 0"}
+    anti = evaluation["subgroups"]["anti_correlated"]
+    assert anti["n_subgroup"] == 4 and 0.0 <= anti["average_precision"] <= 1.0
+    assert {"slice", "complement", "precision_at_10", "precision_at_25", "f1"} <= set(anti)
+    assert "Domino's evaluation" in (tmp_path / "slices.md").read_text()
     assert saved["overall"]["n"] == 40 and len(saved["images"]) == 40
     assert saved["subgroup"]["n"] == 4  # 2 positives without + 2 negatives with the tube
     assert len(saved["slices"]) == 8 and saved["top_slice"]["rank"] == 1

@@ -31,6 +31,11 @@ embedding space and in the kind of mistake the model makes. Here:
   shortcut-reliant model gets wrong. Each slice gets precision ``|slice ∩ A| / |slice|``, recall
   ``|slice ∩ A| / |A|`` (over images with a known attribute), the same for the union of the
   top-k slices, and the AUROC of its responsibility as a detector of A.
+- **Domino's evaluation** (:mod:`spatialspec.audit.slice_eval`, key ``subgroup_evaluation``):
+  a mixture fitted on val is applied to the audited split, and for each known subgroup (A,
+  ``spurious == 1``, ``spurious == 0``) the slice or complement with the highest average
+  precision of its membership probability is reported with precision-at-10/25 and the
+  precision / recall / F1 of its hard assignment.
 
 Out of scope: Domino *describes* slices in words by matching them to CLIP text embeddings.
 There is no cross-modal (text) model offline here, so slices are described by their numbers and
@@ -451,15 +456,17 @@ def audit_slices(
         batch_size: Images per forward pass.
 
     Returns:
-        :func:`discover_slices`'s dict plus ``metadata``, per-image ``images`` rows and a
-        private ``_examples`` (top slice's images) for the figure.
+        :func:`discover_slices`'s dict plus ``metadata``, per-image ``images`` rows,
+        ``subgroup_evaluation`` (Domino's evaluation, mixture fitted on val; None without a
+        known spurious attribute) and a private ``_examples`` (top slice's images).
     """
     from spatialspec.audit.common import load_audit_set, load_model
 
     method, config, data = load_model(checkpoint, manifest)
     audit = load_audit_set(data, split, limit, seed)
     embeddings, scores = embed(method, audit.images, batch_size, features)
-    thr, source = _threshold(threshold, method, data, batch_size)
+    val = _val_embeddings(method, data, split, batch_size, features, threshold)
+    thr, source = _threshold(threshold, method, data, batch_size, val)
     result = discover_slices(
         embeddings,
         audit.labels,
@@ -481,26 +488,107 @@ def audit_slices(
         split=split,
         limit=limit,
     )
+    mixture = {"n_slices": n_slices, "n_components": n_components, "y_weight": y_weight,
+               "y_hat_weight": y_hat_weight, "seed": seed}  # fmt: skip
+    result["subgroup_evaluation"] = _subgroup_evaluation(
+        result, (embeddings, audit.labels, scores), audit.spurious, val, split, thr, mixture
+    )
     result["images"] = _image_rows(result, audit.image_ids, audit.labels, scores, audit.spurious)
     result["_examples"] = _examples(result, audit.images, audit.image_ids)
     result["note"] = TEXT_NOTE
     return result
 
 
+def _val_embeddings(
+    method: torch.nn.Module,
+    data: Any,
+    split: str,
+    batch_size: int,
+    features: str,
+    threshold: float | str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Val embeddings, labels, scores and spurious attribute (one pass for threshold and fit).
+
+    None when neither the threshold nor the val-fitted evaluation needs val, or when val is
+    empty and the threshold is given.
+    """
+    from spatialspec.audit.common import load_audit_set
+
+    if threshold != "val" and split == "val":
+        return None
+    try:
+        val = load_audit_set(data, "val")
+    except ValueError:
+        if threshold == "val":
+            raise
+        return None
+    emb, scores = embed(method, val.images, batch_size, features)
+    return emb, val.labels, scores, val.spurious
+
+
 def _threshold(
-    threshold: float | str, method: torch.nn.Module, data: Any, batch_size: int
+    threshold: float | str,
+    method: torch.nn.Module,
+    data: Any,
+    batch_size: int,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, str]:
-    """The decision threshold and where it came from."""
+    """The decision threshold and where it came from (``val``: precomputed val arrays)."""
     if threshold != "val":
         return float(threshold), "given"
-    from spatialspec.audit.common import load_audit_set
     from spatialspec.evaluation.report import choose_threshold
 
-    val = load_audit_set(data, "val")
-    _, scores = embed(method, val.images, batch_size)
-    if len(np.unique(val.labels)) < 2:
+    if val is None:
+        val = _val_embeddings(method, data, "", batch_size, "encoder", threshold)
+    _, labels, scores, _ = val
+    if len(np.unique(labels)) < 2:
         return 0.5, "fixed 0.5 (val has one class)"
-    return choose_threshold(scores, val.labels), "val (Youden's J)"
+    return choose_threshold(scores, labels), "val (Youden's J)"
+
+
+def _subgroup_evaluation(
+    result: dict[str, Any],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    spurious: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    split: str,
+    threshold: float,
+    mixture: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Domino's evaluation (:mod:`spatialspec.audit.slice_eval`) of the split's slices.
+
+    The mixture is refitted on val and applied to ``split`` (Domino's protocol); if that is not
+    possible (``split`` is val, or val cannot fill the slices) the slices fitted on ``split``
+    itself are evaluated and the protocol says why. Slices are named by their rank (error gap
+    on ``split``, as in the main table, but of the mixture that is evaluated).
+    """
+    from spatialspec.audit.slice_eval import evaluate_subgroups, fit_on_val_apply, known_subgroups
+
+    labels, scores = np.asarray(test[1], int), np.asarray(test[2], float)
+    if not np.isfinite(np.asarray(spurious, float)).any():
+        return None
+    resp, why = None, ""
+    if val is None or split == "val":
+        why = f"the audited split is val, so the slices were fitted on {split} itself"
+    else:
+        try:
+            resp = fit_on_val_apply(val[:3], test, **mixture)
+        except ValueError as err:
+            why = f"the val fit failed ({err}); slices fitted on {split} itself"
+    if resp is None:
+        resp, protocol, fit_split = result["_resp"], why, split
+    else:
+        protocol, fit_split = f"mixture fitted on val and applied to {split} (Domino's)", "val"
+    rows = rank_slices(resp, labels, scores, threshold)
+    rank_of = {r["component"]: r["rank"] for r in rows}
+    names = [rank_of[k] for k in range(resp.shape[1])]
+    return {
+        "protocol": protocol,
+        "fit_split": fit_split,
+        "eval_split": split,
+        "slice": "rank by error gap on the evaluated split, of the evaluated mixture",
+        "subgroups": evaluate_subgroups(resp, known_subgroups(labels, spurious), names),
+    }
 
 
 def _image_rows(
@@ -569,6 +657,7 @@ def slices_markdown(result: dict[str, Any]) -> str:
         "",
         *_slice_table(result),
         "",
+        *_evaluation_lines(result),
         TEXT_NOTE,
     ]
     meta = result.get("metadata")
@@ -579,6 +668,13 @@ def slices_markdown(result: dict[str, Any]) -> str:
             f"`{meta.get('git_commit')}`, created {meta.get('created')}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_lines(result: dict[str, Any]) -> list[str]:
+    from spatialspec.audit.slice_eval import subgroup_evaluation_markdown
+
+    lines = subgroup_evaluation_markdown(result.get("subgroup_evaluation"))
+    return [*lines, ""] if lines else []
 
 
 def _subgroup_lines(result: dict[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 from spatialspec.data.synthetic import SyntheticConfig, prepare
 from spatialspec.evaluation.compare import compare_reports
 from spatialspec.evaluation.compare_render import format_diff, pair_line, write_compare
-from spatialspec.evaluation.render import format_ci
+from spatialspec.evaluation.render import format_ci, plot_methods
 from spatialspec.runinfo import run_metadata, write_json_atomic, write_text_atomic
 from spatialspec.sweep.plan import REPORT, plan, run_dir_of
 
@@ -211,42 +211,6 @@ def _report_md(summary, pairs, targets, wall, fits, data_dir, chart, epochs) -> 
     return "\n".join(lines) + "\n"
 
 
-def plot_seeds(summary: dict[str, Any], path: str | Path) -> Path:
-    """Mean robust AUROC and AUROC per method with seed-aware 95 % CIs, and each seed as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(summary)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 3.6), dpi=120)
-    for offset, key, colour in ((-0.18, "auroc", "#9aa5b1"), (0.18, "robust_auroc", "#d1495b")):
-        vals = np.array([summary[n][key] for n in names])
-        ci = np.array([summary[n][f"{key}_ci"] for n in names], dtype=float)
-        err = np.stack([vals - ci[:, 0], ci[:, 1] - vals])
-        label = "AUROC" if key == "auroc" else "robust AUROC"
-        ax.bar(x + offset, vals, 0.36, yerr=err, capsize=3, color=colour, label=label, alpha=0.85)
-        for k, n in enumerate(names):
-            seeds = summary[n]["per_seed"][key]
-            ax.scatter([x[k] + offset] * len(seeds), seeds, s=10, color="black", zorder=3)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(x, names)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("test metric (mean over seeds)")
-    ax.set_title("Means, seed-aware 95 % CIs, dots = seeds", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo; returns ``summary.json``'s content."""
     start = time.perf_counter()
@@ -261,7 +225,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - start
     fits = _sweep_seconds(args.runs)
     targets = check_targets(summary, pairs)
-    chart = plot_seeds(summary, out / "robust_auroc.png")
+    chart = plot_methods(summary, out / "robust_auroc.png")
     write_compare(result, out / "comparison.md")
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(

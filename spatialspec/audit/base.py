@@ -60,6 +60,15 @@ class Audit:
     name: ClassVar[str] = ""
     #: Position of its columns in ``audit all``'s summary table (smaller first).
     table_order: ClassVar[int] = 0
+    #: Whether :meth:`run` passes ``second_checkpoint`` on to :attr:`compute`.
+    uses_second_checkpoint: ClassVar[bool] = False
+
+    @staticmethod
+    def compute(
+        checkpoint: str | Path, manifest: str | Path | None, **options: Any
+    ) -> dict[str, Any]:
+        """The audit's function: ``(checkpoint, manifest, seed=..., **options) -> data``."""
+        raise NotImplementedError
 
     def run(
         self,
@@ -71,8 +80,13 @@ class Audit:
         **options: Any,
     ) -> AuditResult:
         """Audit ``checkpoint`` on ``manifest`` (None: the run's own); ``second_checkpoint`` is
-        another training seed of the same model, for audits that use one."""
-        raise NotImplementedError
+        another training seed of the same model, passed on to audits that use one.
+
+        By default this calls :attr:`compute` (the audit's function) and wraps its result.
+        """
+        if self.uses_second_checkpoint:
+            options["second_checkpoint"] = second_checkpoint
+        return AuditResult(self.name, self.compute(checkpoint, manifest, seed=seed, **options))
 
     def headline(self, result: AuditResult) -> dict[str, Any]:
         """The numbers ``audit all`` puts into ``summary.json`` for one model (flat keys)."""

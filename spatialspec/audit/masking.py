@@ -743,16 +743,7 @@ class MaskingAudit(Audit):
     name = "masking"
     table_order = 2
 
-    def run(
-        self,
-        checkpoint: str | Path,
-        manifest: str | Path | None = None,
-        *,
-        seed: int = 0,
-        second_checkpoint: str | Path | None = None,
-        **options: Any,
-    ) -> AuditResult:
-        return AuditResult(self.name, audit_masking(checkpoint, manifest, seed=seed, **options))
+    compute = staticmethod(audit_masking)
 
     def headline(self, result: AuditResult) -> dict[str, Any]:
         data = result.data

@@ -659,19 +659,8 @@ class SaliencyAudit(Audit):
     name = "saliency"
     table_order = 0
 
-    def run(
-        self,
-        checkpoint: str | Path,
-        manifest: str | Path | None = None,
-        *,
-        seed: int = 0,
-        second_checkpoint: str | Path | None = None,
-        **options: Any,
-    ) -> AuditResult:
-        result = audit_saliency(
-            checkpoint, manifest, second_checkpoint=second_checkpoint, seed=seed, **options
-        )
-        return AuditResult(self.name, result)
+    compute = staticmethod(audit_saliency)
+    uses_second_checkpoint = True
 
     def headline(self, result: AuditResult) -> dict[str, Any]:
         attribution = result.data["attributions"][HEADLINE_ATTRIBUTION]

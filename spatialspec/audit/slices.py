@@ -884,16 +884,7 @@ class SlicesAudit(Audit):
     name = "slices"
     table_order = 1
 
-    def run(
-        self,
-        checkpoint: str | Path,
-        manifest: str | Path | None = None,
-        *,
-        seed: int = 0,
-        second_checkpoint: str | Path | None = None,
-        **options: Any,
-    ) -> AuditResult:
-        return AuditResult(self.name, audit_slices(checkpoint, manifest, seed=seed, **options))
+    compute = staticmethod(audit_slices)
 
     def headline(self, result: AuditResult) -> dict[str, Any]:
         top = result.data["top_slice"]

@@ -122,7 +122,11 @@ def methods_table(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def plot_methods(reports: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """Grouped bar chart of AUROC and robust AUROC (95 % CI error bars) per method, as PNG."""
+    """Grouped bar chart of AUROC and robust AUROC (95 % CI error bars) per method, as PNG.
+
+    An entry with ``per_seed`` (``{"auroc": [...], "robust_auroc": [...]}``, as the demo's
+    summary) is drawn as the mean over seeds with each seed as a dot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,10 +138,13 @@ def plot_methods(reports: dict[str, dict[str, Any]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 3.6), dpi=120)
     for offset, key, colour in ((-0.18, "auroc", "#9aa5b1"), (0.18, "robust_auroc", "#d1495b")):
         vals = np.array([reports[n][key] for n in names])
-        ci = np.array([reports[n][f"{key}_ci"] for n in names])
+        ci = np.array([reports[n][f"{key}_ci"] for n in names], dtype=float)
         err = np.stack([vals - ci[:, 0], ci[:, 1] - vals])
         label = "AUROC" if key == "auroc" else "robust AUROC"
         ax.bar(x + offset, vals, 0.36, yerr=err, capsize=3, color=colour, label=label)
+        for k, name in enumerate(names):
+            seeds = reports[name].get("per_seed", {}).get(key, [])
+            ax.scatter([x[k] + offset] * len(seeds), seeds, s=10, color="black", zorder=3)
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.05)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from spatialspec.data import load_manifest, read_mask
@@ -22,6 +23,7 @@ from spatialspec.data.synthetic import (
     prepare,
     robust_subgroup_sizes,
 )
+from spatialspec.data.synthetic_report import REPORT_NOISE, draw_metadata, draw_report
 
 SMALL = SyntheticConfig(n_train=6, n_val=4, n_test=8, size=48, seed=11)
 
@@ -323,3 +325,63 @@ def test_prepare_regenerates_after_a_generator_change(tmp_path: Path, monkeypatc
     assert json.loads((tmp_path / syn.PARAMS_FILE).read_text())["generator_version"] == (
         syn.GENERATOR_VERSION
     )
+
+
+# ------------------------------------------------------------- anatomy, metadata and reports
+
+
+def test_lung_masks_are_the_roi_column_and_hold_the_pathology(tmp_path: Path) -> None:
+    generate(SMALL, tmp_path, progress=False)
+    frame = load_manifest(tmp_path / "manifest.csv")
+    for rec in frame.itertuples():
+        lungs = read_mask(rec.roi_mask_path)
+        assert lungs.shape == (48, 48)
+        assert 0.15 < lungs.mean() < 0.5  # two lung fields, not the whole film
+        if rec.label:
+            assert (read_mask(rec.mask_path) <= lungs).all()  # the crescent lies in a lung
+
+
+def test_text_columns_never_change_the_images(tmp_path: Path) -> None:
+    manifest = generate(SMALL, tmp_path, progress=False)
+    assert {"view", "age", "sex", "report"} <= set(manifest.columns)
+    for rec in manifest.head(6).itertuples():
+        split, i = rec.image_id.split("_")
+        rng = np.random.default_rng([SMALL.seed, syn.SPLIT_IDS[split], int(i)])
+        sample = draw_sample(rng, SMALL, rec.label, rec.spurious)
+        stored = np.asarray(Image.open(tmp_path / rec.image_path))
+        assert np.array_equal(stored, np.round(sample.image * 255).astype(np.uint8))
+
+
+def _affirmed_pneumothorax(text: str) -> bool:
+    sentences = [x for x in text.split(". ") if "pneumothorax" in x.lower()]
+    return any(not x.startswith("No ") for x in sentences)
+
+
+def test_report_noise_rates_match_the_documented_model() -> None:
+    rng = np.random.default_rng(0)
+    tube = re.compile(r"tube|drain|catheter", re.IGNORECASE)
+    rates = {}
+    for label, spurious in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        texts = [draw_report(rng, label, spurious, 0, 1) for _ in range(4000)]
+        tube_rate = np.mean([bool(tube.search(t)) for t in texts])
+        rates[label, spurious] = (tube_rate, np.mean([_affirmed_pneumothorax(t) for t in texts]))
+    noise = REPORT_NOISE
+    for label in (0, 1):
+        assert rates[label, 1][0] == pytest.approx(noise["tube_mentioned_if_present"], abs=0.025)
+        assert rates[label, 0][0] == pytest.approx(noise["tube_mentioned_if_absent"], abs=0.015)
+    for spurious in (0, 1):
+        p_true, p_false = rates[1, spurious][1], rates[0, spurious][1]
+        assert p_true == pytest.approx(noise["pneumothorax_mentioned_if_present"], abs=0.025)
+        assert p_false == pytest.approx(noise["pneumothorax_false_mention"], abs=0.012)
+    # sides follow the radiological convention: the tube's lung 1 is the patient's left
+    mentions = [t for t in (draw_report(rng, 0, 1, 0, 1) for _ in range(50)) if tube.search(t)]
+    assert mentions and all(tube.search(t) and "left" in t.lower() for t in mentions)
+
+
+def test_view_depends_on_the_tube_only() -> None:
+    rng = np.random.default_rng(1)
+    ap = {s: np.mean([draw_metadata(rng, s)["view"] == "AP" for _ in range(3000)]) for s in (0, 1)}
+    assert ap[1] == pytest.approx(REPORT_NOISE["view_ap_if_tube"], abs=0.03)
+    assert ap[0] == pytest.approx(REPORT_NOISE["view_ap_if_no_tube"], abs=0.03)
+    ages = [draw_metadata(rng, 0)["age"] for _ in range(500)]
+    assert min(ages) >= 18 and max(ages) <= 95

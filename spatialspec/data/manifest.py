@@ -51,7 +51,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "mask_available",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "spurious_mask_path")
+PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "spurious_mask_path", "roi_mask_path")
 
 _BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 _INT_COLUMNS = ("label", "spurious", "mask_available")

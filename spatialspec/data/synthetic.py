@@ -30,12 +30,15 @@ from scipy import ndimage
 from spatialspec.data.folders import staged_folder
 from spatialspec.data.io import write_png
 from spatialspec.data.manifest import write_manifest
+from spatialspec.data.synthetic_report import draw_metadata, draw_report
 from spatialspec.runinfo import write_json_atomic
 
 PARAMS_FILE = "synthetic.json"
 #: Bumped whenever the drawing code changes, so ``prepare`` never reuses images of an older one.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+#: Last entry of the seed of an image's metadata / report stream (its image stream has none).
+TEXT_STREAM = 7
 TUBE_PLACEMENTS = ("near", "independent")
 
 
@@ -100,11 +103,23 @@ class SyntheticConfig:
 
 @dataclass
 class Sample:
-    """One generated image with its masks (float image in [0, 1], boolean masks)."""
+    """One generated image with its masks (float image in [0, 1], boolean masks).
+
+    Attributes:
+        image: (S, S) float image in [0, 1].
+        pathology: (S, S) pathology mask.
+        spurious: (S, S) tube mask.
+        lungs: (S, S) lung-field mask (the anatomy region of the masking audit).
+        side: Lung index (0: the image's left) of the pathology, or where one would be.
+        tube_side: Lung index of the tube (equal to ``side`` where there is no tube).
+    """
 
     image: np.ndarray
     pathology: np.ndarray
     spurious: np.ndarray
+    lungs: np.ndarray
+    side: int = 0
+    tube_side: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,24 +237,25 @@ def draw_sample(
     image = image + markings * soft_lung * (1.0 - soft_path) - cfg.pathology_contrast * soft_path
 
     tube_mask = np.zeros((size, size), bool)
+    tube_side = side
     if spurious:
         keep_out = ndimage.binary_dilation(pathology, iterations=1)
         box = None
-        tube_lung = lung
         if cfg.tube_placement == "independent":
-            tube_lung = lungs[int(rng.integers(2))]
+            tube_side = int(rng.integers(2))
         elif label and rng.uniform() < cfg.tube_in_box:
             rows, cols = np.nonzero(pathology)
             box = (rows.min(), cols.min(), rows.max(), cols.max())
             if not (~keep_out[box[0] : box[2] + 1, box[1] : box[3] + 1]).any():
                 box = None
-        start, tip = _tube_endpoints(rng, tube_lung, box, size, ~keep_out)
+        start, tip = _tube_endpoints(rng, lungs[tube_side], box, size, ~keep_out)
         tube = _tube(size, start, tip, bend=rng.uniform(-0.25, 0.25)) * (~keep_out)
         tube_mask = tube > 0.5
         image = image + cfg.spurious_contrast * tube
 
     image = image + rng.normal(0.0, 0.015, size=(size, size))
-    return Sample(np.clip(image, 0.0, 1.0).astype(np.float32), pathology, tube_mask)
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return Sample(image, pathology, tube_mask, in_lung, side, tube_side)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +279,13 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
     """Generate the benchmark into ``out`` and return its manifest.
 
     Writes ``out/images/<id>.png``, ``out/masks/<id>.png`` (positives), ``out/spurious/<id>.png``
-    (images with the spurious feature), ``out/manifest.csv`` and ``out/synthetic.json``.
+    (images with the spurious feature), ``out/lungs/<id>.png`` (the lung fields: the manifest's
+    ``roi_mask_path``, the anatomy region of the masking audit), ``out/manifest.csv`` and
+    ``out/synthetic.json``. Besides the contract's columns the manifest has
+    ``spurious_mask_path``, ``roi_mask_path``, ``pathology_pixels``, the metadata columns
+    ``view``, ``age``, ``sex`` and a templated ``report``
+    (:mod:`spatialspec.data.synthetic_report`; drawn from a stream of their own, so they never
+    change the images).
 
     Args:
         cfg: Benchmark parameters.
@@ -283,6 +305,7 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
         sample = draw_sample(rng, cfg, label, spur)
         image_id = f"{split}_{i:05d}"
         write_png(out / "images" / f"{image_id}.png", np.round(sample.image * 255).astype(np.uint8))
+        write_png(out / "lungs" / f"{image_id}.png", sample.lungs)
         mask_rel = spur_rel = ""
         if label:
             mask_rel = f"masks/{image_id}.png"
@@ -300,13 +323,25 @@ def generate(cfg: SyntheticConfig, out: str | Path, *, progress: bool = True) ->
                 "mask_path": mask_rel,
                 "mask_available": 1,
                 "spurious_mask_path": spur_rel,
+                "roi_mask_path": f"lungs/{image_id}.png",
                 "pathology_pixels": int(sample.pathology.sum()),
+                **_text_columns(cfg, split, i, label, spur, sample),
             }
         )
     manifest = pd.DataFrame(rows)
     write_manifest(manifest, out / "manifest.csv")
     write_json_atomic(out / PARAMS_FILE, _params(cfg))
     return manifest
+
+
+def _text_columns(
+    cfg: SyntheticConfig, split: str, i: int, label: int, spurious: int, sample: Sample
+) -> dict[str, object]:
+    """``view``, ``age``, ``sex`` and ``report`` of one image, from the image's own text stream."""
+    rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], i, TEXT_STREAM])
+    meta = draw_metadata(rng, spurious)
+    report = draw_report(rng, label, spurious, sample.side, sample.tube_side)
+    return {**meta, "report": report}
 
 
 def _params(cfg: SyntheticConfig) -> dict:

@@ -7,7 +7,6 @@ Everything downstream (metrics, reports, audits) only sees scores.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import lightning as L
@@ -33,6 +32,21 @@ class SpatialMethod(L.LightningModule):
     losses (:meth:`loss`) and ``outputs`` to image-level probabilities (:meth:`scores`), so
     validation scores and losses come from one forward pass.
 
+    Class attributes a subclass sets:
+
+    * :attr:`annotation`: the spatial annotation it trains on, ``label``, ``box`` or ``mask``.
+    * :attr:`attribute_split`: the split whose spurious-attribute labels (the manifest's
+      ``spurious`` column) it trains on: ``None`` when it uses none (every spatial method),
+      ``"train"`` for a method that needs them on its training images (``groupdro``), ``"val"``
+      for one that fits on validation images (``dfr``). Annotation-cost accounting counts these
+      labels on that split.
+
+    Hyper-parameters: every ``__init__`` argument of the class and of its bases is recorded in
+    :attr:`hparams` (and so in checkpoints) by Lightning's ``save_hyperparameters``, which walks
+    the constructor frames of the subclass chain; a subclass only declares its arguments and
+    passes its base's on with ``super().__init__(...)``. The backbone is stored as a plain dict,
+    so checkpoints load with ``weights_only=True``.
+
     Args:
         backbone: Architecture of the shared network (a dict is accepted too).
         lr: Adam learning rate.
@@ -43,6 +57,9 @@ class SpatialMethod(L.LightningModule):
     #: dense methods it is the default ``data.specificity`` (see
     #: :func:`spatialspec.data.specificity.resolve_specificity`).
     annotation: ClassVar[str] = "label"
+    #: Split whose spurious-attribute labels the method trains on (``None``: none; ``"train"``
+    #: or ``"val"``); see the class docstring.
+    attribute_split: ClassVar[str | None] = None
 
     def __init__(
         self, backbone: BackboneConfig | None = None, lr: float = 1e-3, weight_decay: float = 0.0
@@ -51,21 +68,15 @@ class SpatialMethod(L.LightningModule):
         if isinstance(backbone, dict):  # as stored in checkpoints' hyper-parameters
             backbone = BackboneConfig(**backbone)
         self.backbone = backbone or BackboneConfig()
-        self.save_hparams()
+        # every __init__ argument along the subclass chain (Lightning collects the constructor
+        # frames that call super().__init__, the most derived winning); logger=False: ``fit``
+        # logs the whole resolved run config to every logger instead
+        self.save_hyperparameters(logger=False)
+        # the backbone as a plain dict: readable hparams.yaml, weights_only checkpoints
+        self.save_hyperparameters({"backbone": self.backbone.to_dict()}, logger=False)
         self.net = self.build_net(self.backbone)
         self.val_auroc = BinaryAUROC()
         self.val_robust_auroc = RobustAUROC()
-
-    def save_hparams(self) -> None:
-        """Record the caller's ``__init__`` arguments, the backbone as a plain dict.
-
-        Plain types keep ``hparams.yaml`` readable and checkpoints loadable with
-        ``weights_only=True``. Subclasses with extra arguments call this at the end of theirs.
-        """
-        caller = inspect.getargvalues(inspect.currentframe().f_back)
-        hparams = {name: caller.locals[name] for name in caller.args if name != "self"}
-        # logger=False: ``fit`` logs the whole resolved run config to every logger instead
-        self.save_hyperparameters({**hparams, "backbone": self.backbone.to_dict()}, logger=False)
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:

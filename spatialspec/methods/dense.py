@@ -55,7 +55,6 @@ class DenseMethod(SpatialMethod):
                 f"pixel_weight and image_weight must be >= 0, got {pixel_weight}, {image_weight}"
             )
         super().__init__(backbone, lr=lr, weight_decay=weight_decay)
-        self.save_hparams()
         self.dice = DiceLoss(mode="binary", from_logits=True)
 
     def build_net(self, cfg: BackboneConfig) -> SpatialNet:

@@ -158,7 +158,6 @@ class SegSPLMethod(DenseMethod):
             pixel_weight=pixel_weight,
             image_weight=image_weight,
         )
-        self.save_hparams()
         width = self.backbone.decoder_channels[-1]
         self.projector = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim)

@@ -252,7 +252,6 @@ class SegSSLMethod(DenseMethod):
             pixel_weight=pixel_weight,
             image_weight=image_weight,
         )
-        self.save_hparams()
         self.teacher: SpatialNet = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # in checkpoints
 

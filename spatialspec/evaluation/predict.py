@@ -105,6 +105,7 @@ def predict_splits(
     accelerator: str = "auto",
     progress: bool = True,
     poolings: Mapping[str, Pooling] | None = None,
+    outputs: dict[str, list[dict[str, Any]]] | None = None,
 ) -> pd.DataFrame:
     """Scores of every image of ``splits``.
 
@@ -112,6 +113,8 @@ def predict_splits(
         poolings: Name -> pooling (:func:`~spatialspec.models.pooling.parse_poolings`): a
             dense method's pixel logits, computed once per image, are also pooled each of
             these ways.
+        outputs: When given, filled with each split's raw ``predict_step`` results (one dict
+            per batch), for a method that predicts more than a score (``detect``: its boxes).
 
     Returns:
         Frame with columns ``image_id``, ``split``, ``score`` (the method's own score), then
@@ -135,6 +138,8 @@ def predict_splits(
     parts = []
     for split in splits:
         batches = trainer.predict(model, dataloaders=data.predict_loader(split))
+        if outputs is not None:
+            outputs[split] = batches
         ids = [i for b in batches for i in b["image_id"]]
         part = {"image_id": ids, "split": split}
         for key in ("score", *columns):

@@ -42,6 +42,7 @@ def report_markdown(report: dict[str, Any], title: str = "Evaluation report") ->
         )
     lines += _attribute_lines(report.get("attributes", {}))
     lines += _pooling_lines(report.get("poolings", {}), report.get("trained_pooling"))
+    lines += _method_metric_lines(report.get("method_metrics", {}))
     b = report["bootstrap"]
     lines += [
         "",
@@ -94,6 +95,20 @@ def _pooling_lines(poolings: dict[str, dict[str, Any]], trained: str | None) -> 
             f"| {label} | {format_ci(m['robust_auroc'], m['robust_auroc_ci'])} | "
             f"{format_ci(m['auroc'], m['auroc_ci'])} |"
         )
+    return lines
+
+
+def _method_metric_lines(metrics: dict[str, Any]) -> list[str]:
+    """The method's own metrics (``report["method_metrics"]``, e.g. ``detect``'s box mAP)."""
+    if not metrics:
+        return []
+    lines = ["", "Method-specific metrics:", "", "| metric | value |", "|---|---|"]
+    for name, value in metrics.items():
+        if isinstance(value, float) or value is None:
+            shown = _fmt(value)
+        else:
+            shown = f"`{value}`" if isinstance(value, str) else str(value)
+        lines.append(f"| {name} | {shown} |")
     return lines
 
 

@@ -1,4 +1,11 @@
-"""``spatialspec evaluate --checkpoint``: predict val + the split, save scores, report."""
+"""``spatialspec evaluate --checkpoint``: predict val + the split, save scores, report.
+
+A method that predicts more than an image score may define ``evaluation_metrics(outputs,
+report_path) -> dict``: it gets its own ``predict_step`` results for the evaluated split (one
+dict per batch, from the same pass that scores the images) and the report's path, may write
+files beside the report, and returns JSON-ready fields that the report keeps under
+``method_metrics`` (``detect``: box mAP@0.5 and its boxes file).
+"""
 
 from __future__ import annotations
 
@@ -68,9 +75,12 @@ def evaluate_checkpoint(
             poolings = {trained_name: trained, **poolings}
     data = datamodule_for(method, config, None if manifest is None else str(manifest))
     splits = ("val", split) if split != "val" else ("val",)
+    extra = getattr(method, "evaluation_metrics", None)
+    outputs: dict[str, list[dict[str, Any]]] | None = {} if extra is not None else None
     preds = predict_splits(
-        method, data, splits, accelerator=accelerator, progress=progress, poolings=poolings
-    )
+        method, data, splits, accelerator=accelerator, progress=progress, poolings=poolings,
+        outputs=outputs,
+    )  # fmt: skip
     pred_file = predictions_path(out)
     with atomic_open(pred_file, "w", newline="") as fh:
         preds[["image_id", "split", "score"]].to_csv(fh, index=False)
@@ -87,6 +97,8 @@ def evaluate_checkpoint(
             preds, data.frame, split, list(poolings), source=str(checkpoint),
             n_resamples=n_resamples, seed=seed,
         )  # fmt: skip
+    if extra is not None:
+        report["method_metrics"] = extra(outputs[split], out)
     hp = dict(method.hparams)
     report["metadata"] = run_metadata(
         manifest=str(Path(data.manifest_path).resolve()),

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from spatialspec.data.budget import apply_mask_budget, parse_budget
+from spatialspec.data.budget import apply_attribute_budget, apply_mask_budget, parse_budget
 from spatialspec.data.cache import ImageCache
 from spatialspec.data.dataset import ManifestDataset
 from spatialspec.data.manifest import load_manifest
@@ -68,6 +68,14 @@ class SpatialDataModule(L.LightningDataModule):
     and disjoint, unpadded evaluation shards, so validation metrics gathered over the ranks
     equal the single-process ones. ``batch_size`` is per process.
 
+    **Two views of the manifest.** :attr:`frame` is what the run is given to train on: the
+    manifest after the mask budget and the attribute budget. Training batches and a method's
+    own reads of attributes (``dfr`` reads val's through :meth:`split_frame`) come from it, and
+    annotation accounting counts it. :attr:`metric_frame` is the manifest after the mask budget
+    only, with every attribute the manifest holds: the validation, test and prediction loaders
+    read it, so ``val/robust_auroc`` (and any metric on those loaders) never depends on the
+    attribute budget. The two differ only on the attribute split's ``spurious``.
+
     Args:
         manifest: Path of ``manifest.csv``.
         image_size: Side of the (square) network input.
@@ -95,7 +103,18 @@ class SpatialDataModule(L.LightningDataModule):
             (None: the manifest as it is). Negatives keep their known-empty masks in the same
             proportion; the others train on their image label only (see
             :mod:`spatialspec.data.budget`).
-        budget_seed: Seed of the budget's selection (nested across budgets for one seed).
+        attribute_budget: Rows of the method's ``attribute_split`` that keep their
+            spurious-attribute label, as ``mask_budget`` (a count, a fraction of the split's
+            rows with a known attribute, ``"10%"``, ``"all"``; None: the manifest as it is).
+            The others become unknown in :attr:`frame` (see
+            :func:`~spatialspec.data.budget.apply_attribute_budget`); :attr:`metric_frame` keeps
+            them. Only for methods that train on attributes (a fit refuses it otherwise).
+        attribute_split: The split whose attributes the method trains on
+            (:attr:`~spatialspec.methods.SpatialMethod.attribute_split`: ``train`` for
+            ``groupdro``, ``val`` for ``dfr``, None for the others); ``fit`` sets it from the
+            method.
+        budget_seed: Seed of the budgets' selections (nested across budgets for one seed; the
+            mask and the attribute budget draw from independent streams of it).
         annotated_batch_fraction: Minimum share of each training batch drawn from rows with a
             pixel annotation, when the training split has rows with and without one (a mask
             budget); see :class:`AnnotatedShareBatchSampler`. None, or a split whose rows are all
@@ -126,6 +145,8 @@ class SpatialDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         undersample_negatives: float | None = None,
         mask_budget: int | float | str | None = None,
+        attribute_budget: int | float | str | None = None,
+        attribute_split: str | None = None,
         budget_seed: int = 0,
         annotated_batch_fraction: float | None = None,
         roi_masking: str | None = None,
@@ -152,6 +173,10 @@ class SpatialDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.undersample_negatives = undersample_negatives
         self.mask_budget = mask_budget
+        if attribute_split not in (None, "train", "val"):
+            raise ValueError(f"attribute_split must be train, val or None, got {attribute_split!r}")
+        self.attribute_budget = attribute_budget
+        self.attribute_split = attribute_split
         self.budget_seed = budget_seed
         check_annotated_fraction(annotated_batch_fraction)
         self.annotated_batch_fraction = annotated_batch_fraction
@@ -160,35 +185,79 @@ class SpatialDataModule(L.LightningDataModule):
         self.roi_masking_fill = roi_masking_fill
         self.seed = seed
         parse_budget(mask_budget)  # fail at construction, not at the first epoch
+        parse_budget(attribute_budget, "attribute budget")
         #: What the budget kept (``n_masks``, ...); None without a budget.
         self.budget_info: dict | None = None
+        #: The attributes the method may read (``budget``, ``split``, ``n_attributes`` kept,
+        #: ``n_known``, ``n_rows``; budget ``"all"`` without an attribute budget); None for a
+        #: method without an ``attribute_split``. Set when :attr:`frame` is first read.
+        self.attribute_budget_info: dict | None = None
+        self._metric_frame: pd.DataFrame | None = None
         self._frame: pd.DataFrame | None = None
 
     @property
-    def frame(self) -> pd.DataFrame:
-        """The validated manifest (loaded once)."""
-        if self._frame is None:
+    def metric_frame(self) -> pd.DataFrame:
+        """The validated manifest after the mask budget, every attribute kept (loaded once):
+        what the evaluation loaders read."""
+        if self._metric_frame is None:
             frame = load_manifest(self.manifest_path)
             if self.mask_budget is not None:
                 frame, self.budget_info = apply_mask_budget(
                     frame, self.mask_budget, seed=self.budget_seed
                 )
+            self._metric_frame = frame
+        return self._metric_frame
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The manifest after the mask and attribute budgets: what the run trains on.
+
+        The attribute budget applies to the rows of ``attribute_split``; without one (a data
+        module built for evaluation from a run's config) there is nothing to apply it to and
+        :attr:`frame` equals :attr:`metric_frame`.
+        """
+        if self._frame is None:
+            frame = self.metric_frame
+            if self.attribute_split is not None:
+                frame, self.attribute_budget_info = apply_attribute_budget(
+                    frame, self.attribute_budget, self.attribute_split, seed=self.budget_seed
+                )
             self._frame = frame
         return self._frame
 
-    def split_frame(self, split: str) -> pd.DataFrame:
-        """Rows of one split; an error names the manifest if the split is empty."""
-        rows = self.frame[self.frame["split"] == split]
+    def setup(self, stage: str) -> None:
+        """Before a fit: refuse an attribute budget for a method that reads no attributes, and
+        apply the budgets (so :attr:`attribute_budget_info` is set).
+
+        Raises:
+            ValueError: ``attribute_budget`` without an ``attribute_split``.
+        """
+        if stage != "fit":
+            return
+        if self.attribute_budget is not None and self.attribute_split is None:
+            raise ValueError(
+                f"data.attribute_budget={self.attribute_budget!r}, but this method trains on "
+                "no spurious attributes (its attribute_split is None); drop the option or use "
+                "a method that reads attributes (groupdro, dfr)"
+            )
+        _ = self.frame
+
+    def split_frame(self, split: str, metric: bool = False) -> pd.DataFrame:
+        """Rows of one split of :attr:`frame` (of :attr:`metric_frame` if ``metric``); an
+        error names the manifest if the split is empty."""
+        frame = self.metric_frame if metric else self.frame
+        rows = frame[frame["split"] == split]
         if rows.empty:
             raise ValueError(f"{self.manifest_path}: split {split!r} has no rows")
         return rows
 
-    def dataset(self, split: str, train: bool = False) -> ManifestDataset:
-        """Dataset of one split, augmented if ``train`` and augmentation is on."""
+    def dataset(self, split: str, train: bool = False, metric: bool = False) -> ManifestDataset:
+        """Dataset of one split, augmented if ``train`` and augmentation is on; its attributes
+        are those of :attr:`frame`, or of :attr:`metric_frame` if ``metric``."""
         augment = train and self.augment
         seed = _subseed(self.seed, "augment")
         return ManifestDataset(
-            self.split_frame(split),
+            self.split_frame(split, metric=metric),
             build_augmentation(augment, seed=seed if augment else None),
             self.annotation,
             self.channels,
@@ -264,7 +333,7 @@ class SpatialDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = self.dataset(split, train=False)
+        dataset = self.dataset(split, train=False, metric=True)
         rank, world = self._ranks()
         return DataLoader(
             dataset,
@@ -289,5 +358,6 @@ class SpatialDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_loader(self, split: str) -> DataLoader:
-        """Un-augmented loader over any split (for predictions)."""
+        """Un-augmented loader over any split (for predictions), attributes as in the
+        manifest (:attr:`metric_frame`)."""
         return self._eval_loader(split)

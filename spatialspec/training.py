@@ -77,10 +77,12 @@ __all__ = [
 #: Trainer arguments fit sets itself (``use_distributed_sampler``: the data module shards).
 TRAINER_SKIP = {"callbacks", "logger", "default_root_dir", "plugins", "enable_checkpointing",
                 "use_distributed_sampler"}  # fmt: skip
-#: Data-module arguments fit sets from the method (annotation, channels) and the run (seed).
-#: The annotation only sets the default of ``data.specificity`` (bbox: box; seg*: mask), which
-#: a user may set for mask-annotated methods (see :mod:`spatialspec.data.specificity`).
-DATA_FROM_METHOD = {"annotation", "channels", "seed"}
+#: Data-module arguments fit sets from the method (annotation, channels, attribute split) and
+#: the run (seed). The annotation only sets the default of ``data.specificity`` (bbox: box;
+#: seg*: mask), which a user may set for mask-annotated methods (see
+#: :mod:`spatialspec.data.specificity`); the attribute split is where ``data.attribute_budget``
+#: applies.
+DATA_FROM_METHOD = {"annotation", "attribute_split", "channels", "seed"}
 Monitor = Literal["val/auroc", "val/robust_auroc", "val/loss"]
 MONITORS = get_args(Monitor)
 
@@ -249,6 +251,7 @@ def build_components(
     data = SpatialDataModule(
         **cfg.data.as_dict(),
         annotation=model.annotation,
+        attribute_split=model.attribute_split,
         channels=model.backbone.in_channels,
         seed=cfg.seed,
     )

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spatialspec.sweep.plan import SweepRun
+from spatialspec.sweep.plan import SweepRun, budget_key
 
 #: Fit arguments every run gets before the user's overrides (which may undo them).
 SWEEP_DEFAULTS = (
@@ -23,7 +23,8 @@ SWEEP_DEFAULTS = (
 #: Fit keys the sweep sets per run (or from its own options); overrides may not touch them.
 RESERVED_KEYS = (
     "method", "seed", "out_dir", "overwrite", "resume", "run_name", "tags", "loggers",
-    "mlflow_tracking_uri", "data.mask_budget", "data.budget_seed", "data.specificity",
+    "mlflow_tracking_uri", "data.mask_budget", "data.attribute_budget", "data.budget_seed",
+    "data.specificity",
 )  # fmt: skip
 #: The sweep option that sets a reserved key, where there is one.
 _SWEEP_OPTION = {"loggers": "--loggers", "mlflow_tracking_uri": "--mlflow-tracking-uri",
@@ -118,8 +119,9 @@ def fit_argv(
     """
     argv = ["--config", str(method_config(config, run.method)), *SWEEP_DEFAULTS, *overrides]
     argv += ["--method", run.method, "--seed", str(run.seed), "--out_dir", str(run_dir)]
-    if run.uses_masks:
-        argv += ["--data.mask_budget", run.budget, "--data.budget_seed", str(run.seed)]
+    if run.uses_masks:  # a mask budget, or an attribute budget (groupdro, dfr)
+        key = budget_key(run.method)
+        argv += [f"--{key}", run.budget, "--data.budget_seed", str(run.seed)]
     if run.specificity is not None:
         argv += ["--data.specificity", run.specificity]
     argv += logger_args(run, loggers, tracking_uri)

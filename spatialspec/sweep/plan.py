@@ -1,4 +1,8 @@
-"""The plan of a sweep: methods × mask budgets × seeds -> runs, and where each run lives.
+"""The plan of a sweep: methods × budgets × seeds -> runs, and where each run lives.
+
+The budget axis is each method's annotation (:func:`budget_key`): masks or boxes for the dense
+methods, spurious-attribute labels for the methods that train on them (``groupdro`` on train,
+``dfr`` on val); methods trained on image labels alone run once per seed.
 
 A run is finished iff its folder holds ``report.json`` (written atomically, after everything
 else the run needs), so any launcher, interrupted anywhere, leaves a folder that a re-run of
@@ -14,7 +18,7 @@ from typing import Any
 
 from spatialspec.data.budget import parse_budget
 
-#: ``budget`` of the methods that ignore masks (they run once per seed).
+#: ``budget`` of the methods without a budget axis (they run once per seed).
 NO_BUDGET = "-"
 #: Files of a run folder (besides the fit's own ``config.yaml``, ``run.json``, ``checkpoints/``).
 REPORT = "report.json"
@@ -31,7 +35,8 @@ class SweepRun:
     Attributes:
         method: Registered method name.
         budget: Canonical budget label (:func:`budget_label`), or :data:`NO_BUDGET` for a method
-            that ignores masks.
+            that ignores masks and attributes. It is the method's mask budget, or its attribute
+            budget for a method that trains on spurious attributes (:func:`budget_key`).
         seed: Training seed, also the seed of the budget's mask selection.
         specificity: Spatial specificity of the dense target (``data.specificity``, canonical
             name such as ``dilate:4``), or None for the method's own level (and for methods
@@ -45,7 +50,7 @@ class SweepRun:
 
     @property
     def uses_masks(self) -> bool:
-        """Whether the run has a mask budget (False for ``binary``)."""
+        """Whether the run has a budget, of masks or of attributes (False for ``binary``)."""
         return self.budget != NO_BUDGET
 
     @property
@@ -103,11 +108,24 @@ def _own_level_only(method: str) -> bool:
     return METHODS.get(method).annotation != "mask"
 
 
-def _ignores_masks(method: str) -> bool:
-    """Whether a registered method trains on image labels only (KeyError lists valid names)."""
+def budget_key(method: str) -> str | None:
+    """The fit option a method's budget sets: ``data.mask_budget`` for a method trained on boxes
+    or masks, ``data.attribute_budget`` for one trained on spurious attributes (its
+    ``attribute_split`` is set: ``groupdro``, ``dfr``), None for one trained on image labels
+    alone (``binary``, ``jtt``), which runs once per seed (KeyError lists valid names)."""
     from spatialspec.methods import METHODS
 
-    return METHODS.get(method).annotation == "label"
+    cls = METHODS.get(method)
+    if cls.annotation != "label":
+        return "data.mask_budget"
+    if getattr(cls, "attribute_split", None) is not None:
+        return "data.attribute_budget"
+    return None
+
+
+def _ignores_masks(method: str) -> bool:
+    """Whether a registered method has no budget axis (KeyError lists valid names)."""
+    return budget_key(method) is None
 
 
 def _specificities(values: str | Iterable[Any] | None) -> list[str | None]:
@@ -129,14 +147,15 @@ def plan(
 
     Args:
         methods: Registered method names (a list or ``"binary,seg"``).
-        budgets: Mask budgets (anything :func:`budget_label` accepts, or ``"0,25,all"``).
+        budgets: Budgets of masks, or of attributes for the methods trained on them (anything
+            :func:`budget_label` accepts, or ``"0,25,all"``).
         seeds: Training seeds (ints or ``"1,2,3"``).
         specificities: Spatial specificity levels of the dense target (``"mask,dilate:4,box"``;
             :mod:`spatialspec.data.specificity`), a grid axis of the methods trained on masks
             (``bbox`` keeps its boxes, ``binary`` its labels); None: each method's own level.
 
     Returns:
-        Methods that ignore masks once per seed; the others once per budget, specificity and
+        Methods without a budget axis once per seed; the others once per budget, specificity and
         seed.
 
     Raises:

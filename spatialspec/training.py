@@ -14,7 +14,8 @@ Config layout (YAML; any key can be overridden on the command line as ``--sectio
 A config file may name another as ``base: other.yaml`` (relative to itself); keys of the
 including file win. The run folder receives ``config.yaml`` (the resolved config),
 ``run.json`` (seed, versions, git commit, best checkpoint and score, the invocations that
-trained it), ``checkpoints/`` (``best.ckpt``, ``last.ckpt``) and ``logs/metrics.csv``.
+trained it, the annotations it consumed: :mod:`spatialspec.annotations`), ``checkpoints/``
+(``best.ckpt``, ``last.ckpt``) and ``logs/metrics.csv``.
 
 **Several processes** (``--trainer.devices 2 --trainer.strategy ddp``, or one SLURM task per
 GPU): Lightning runs the distribution; the data module deals each rank its share of every
@@ -44,6 +45,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 
+from spatialspec.annotations import annotations_of
 from spatialspec.checkpoints import AtomicCheckpointIO
 from spatialspec.data.datamodule import SpatialDataModule
 from spatialspec.data.specificity import resolve_specificity
@@ -409,8 +411,9 @@ def _run_info(
     point: ResumePoint | None,
     seconds: float,
 ) -> dict[str, Any]:
-    """``run.json``: the fit's outcome, and every invocation that trained the run to its end
-    (one killed or requeued records nothing; the next one records where it resumed from)."""
+    """``run.json``: the fit's outcome, every invocation that trained the run to its end (one
+    killed or requeued records nothing; the next one records where it resumed from), and the
+    annotations it consumed (:func:`spatialspec.annotations.annotations_of`)."""
     previous = _read_json(Path(cfg.out_dir) / "run.json") if point is not None else {}
     invocations = list(previous.get("invocations", []))
     invocations.append(
@@ -439,6 +442,7 @@ def _run_info(
         loggers=["csv", *cfg.loggers],
         mask_budget=getattr(data, "budget_info", None),
         specificity=cfg.data.specificity,
+        annotations=annotations_of(get_method(cfg.method), data, cfg.monitor),
         config=config,
     )
 

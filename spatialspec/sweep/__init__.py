@@ -7,7 +7,8 @@ leaning on the spurious feature? ::
 
     spatialspec sweep --fit-config configs/synthetic/seg.yaml --budgets 0,10,25,50,100,all \\
         --methods binary,bbox,seg,seg_ssl,seg_spl --seeds 1,2,3 --out results/sweep \\
-        [--jobs 2] [--set trainer.max_epochs=3 ...] [--launcher local|slurm|print]
+        [--jobs 2] [--set trainer.max_epochs=3 ...] [--launcher local|slurm|print] \\
+        [--costs mask=79,box=7,attribute=1,label=1]
     spatialspec sweep --config sweep.yaml            # every setting from a file (flags win)
     spatialspec sweep --out results/sweep --status   # pending / running / finished / failed
     spatialspec sweep --out results/sweep --collect  # summaries of the runs finished so far
@@ -30,8 +31,14 @@ cannot be overridden. Every fit gets ``--resume auto``.
   run folder plus ``report.json`` and ``report.predictions.csv``, ``sweep_run.json`` (fit
   arguments, pid, host, job, status, wall time), ``heartbeat.json``, ``error.txt`` for a failed
   run, ``submitted.json`` for a run submitted to SLURM;
-* ``summary.csv``, ``summary.md``, ``robust_auroc_vs_masks.png``; ``sweep.json`` (plan,
-  settings, versions, invocation history); ``slurm/`` (submitit's logs) with that launcher.
+* ``summary.csv``, ``summary.md``, ``robust_auroc_vs_masks.png``,
+  ``robust_auroc_vs_annotation_hours.png``; ``sweep.json`` (plan, settings, costs, versions,
+  invocation history); ``slurm/`` (submitit's logs) with that launcher.
+
+**Annotation hours**: every fit records the images per annotation kind it consumed
+(``run.json["annotations"]``, :mod:`spatialspec.annotations`); ``--costs`` prices them in
+seconds per annotated image (:mod:`spatialspec.sweep.costs`, defaults from published annotation
+times) and the summary plots robust AUROC against the hours each run consumed.
 
 **Resume**: a run is finished iff its ``report.json`` exists. Re-running the command after any
 interruption skips finished runs, leaves runs in flight elsewhere alone, and launches the rest,
@@ -45,13 +52,16 @@ Modules, one idea each: :mod:`~spatialspec.sweep.plan` (grid -> runs),
 :mod:`~spatialspec.sweep.launcher` (the interface) with :mod:`~spatialspec.sweep.local`,
 :mod:`~spatialspec.sweep.slurm` and :mod:`~spatialspec.sweep.shell` (``print``),
 :mod:`~spatialspec.sweep.aggregate`, :mod:`~spatialspec.sweep.summary`,
-:mod:`~spatialspec.sweep.plot`, :mod:`~spatialspec.sweep.config` (YAML + flags),
+:mod:`~spatialspec.sweep.costs`, :mod:`~spatialspec.sweep.plot`,
+:mod:`~spatialspec.sweep.plot_specificity`, :mod:`~spatialspec.sweep.plot_cost`,
+:mod:`~spatialspec.sweep.config` (YAML + flags),
 :mod:`~spatialspec.sweep.driver` (plan -> launch -> summary), :mod:`~spatialspec.sweep.cli`.
 """
 
 from spatialspec.sweep.aggregate import aggregate, t_interval
 from spatialspec.sweep.cli import add_sweep_parser, run_sweep_cli
 from spatialspec.sweep.config import SlurmConfig, SweepConfig, load_config
+from spatialspec.sweep.costs import DEFAULT_COSTS, parse_costs
 from spatialspec.sweep.driver import run_sweep
 from spatialspec.sweep.fitargs import RESERVED_KEYS, fit_argv, method_config, set_overrides
 from spatialspec.sweep.launcher import LAUNCHERS, LaunchContext, Launcher, LaunchOptions
@@ -64,6 +74,7 @@ from spatialspec.sweep.plan import (
     run_dir_of,
 )
 from spatialspec.sweep.plot import plot_sweep
+from spatialspec.sweep.plot_cost import plot_cost
 from spatialspec.sweep.run import execute_run, run_named
 from spatialspec.sweep.status import RunState, run_state
 from spatialspec.sweep.summary import (
@@ -74,6 +85,7 @@ from spatialspec.sweep.summary import (
 )
 
 __all__ = [
+    "DEFAULT_COSTS",
     "LAUNCHERS",
     "NO_BUDGET",
     "RESERVED_KEYS",
@@ -94,7 +106,9 @@ __all__ = [
     "is_finished",
     "load_config",
     "method_config",
+    "parse_costs",
     "plan",
+    "plot_cost",
     "plot_sweep",
     "run_dir_of",
     "run_named",

@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatialspec.sweep.costs import COUNT_COLUMNS
 from spatialspec.sweep.plan import REPORT
 
 _NAN = float("nan")
 METRICS = ("robust_auroc", "auroc")
 #: The references every group is compared against (when the sweep holds them).
 REFERENCES = ("binary", "seg")
+#: Per-run quantities a group reports as the median over its finished seeds (NaN runs left out).
+MEDIANS = ("n_masks", *COUNT_COLUMNS, "annotation_seconds")
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float, float]:
@@ -124,15 +127,21 @@ def _pair_columns(pair: dict[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
+def _median(values: pd.Series) -> float:
+    known = pd.to_numeric(values, errors="coerce").dropna()
+    return float(known.median()) if len(known) else _NAN
+
+
 def _num(value: Any) -> float:
     return _NAN if value is None else float(value)
 
 
 def aggregate(frame: pd.DataFrame, n_resamples: int = 1000) -> pd.DataFrame:
-    """Per method × budget (× specificity) over the finished seeds: ``n_seeds``; for
-    ``robust_auroc`` and ``auroc`` the ``_mean``, ``_sd`` and seed-aware 95 % interval
-    ``_lo`` / ``_hi``; and ``vs_binary_*`` / ``vs_seg_*`` differences (``_diff``, ``_lo``,
-    ``_hi``, ``_excludes_zero``, ``_wins`` of ``_seed_pairs``) where those references ran."""
+    """Per method × budget (× specificity) over the finished seeds: ``n_seeds``; the median
+    of :data:`MEDIANS` (masks, annotation counts and seconds); for ``robust_auroc`` and
+    ``auroc`` the ``_mean``, ``_sd`` and seed-aware 95 % interval ``_lo`` / ``_hi``; and
+    ``vs_binary_*`` / ``vs_seg_*`` differences (``_diff``, ``_lo``, ``_hi``,
+    ``_excludes_zero``, ``_wins`` of ``_seed_pairs``) where those references ran."""
     done = frame[frame["status"] == "finished"]
     keys = group_keys(frame)
     groups = list(done.groupby(keys, sort=False, dropna=False))
@@ -142,7 +151,8 @@ def aggregate(frame: pd.DataFrame, n_resamples: int = 1000) -> pd.DataFrame:
     rows = []
     for i, (key, group) in enumerate(groups):
         row = dict(zip(keys, key, strict=True))
-        row.update(n_masks=group["n_masks"].dropna().median(), n_seeds=len(group))
+        row.update({c: _median(group[c]) for c in MEDIANS if c in group})
+        row["n_seeds"] = len(group)
         if seeded is None:
             row.update(_fallback_row(group))
         else:

@@ -4,7 +4,8 @@ Four modes, all on one sweep folder ``--out DIR``:
 
 * (default) plan the grid, launch what is missing, summarise (``--launcher local|slurm|print``);
 * ``--status``: each run's state from the run folders (any launcher, while it is in flight);
-* ``--collect``: ``summary.csv``/``summary.md`` and the chart from the runs finished so far;
+* ``--collect``: ``summary.csv``/``summary.md`` and the charts from the runs finished so far
+  (``--costs`` re-prices the annotation hours);
 * ``--run NAME``: do one planned run in this process (what the ``print`` lines call).
 
 Settings come from the defaults, then ``--config sweep.yaml``, then the flags given here
@@ -77,6 +78,15 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=_S,
         help=f"bootstrap resamples per report (default {_DEFAULTS.n_resamples})",
+    )
+    p.add_argument(
+        "--costs",
+        default=_S,
+        metavar="KIND=SECONDS,...",
+        help="seconds per annotated image for the robust-AUROC-per-annotation-hour chart: "
+        "label, mask, box, attribute (defaults label=1,mask=79,box=7,attribute=1 from "
+        "published natural-image times; kinds not given keep theirs); with --collect, "
+        "re-prices a finished sweep",
     )
     p.add_argument(
         "--loggers",
@@ -235,6 +245,7 @@ def _sweep(config: SweepConfig) -> Any:
         mlflow_tracking_uri=config.mlflow_tracking_uri,
         wait=config.wait,
         specificities=config.specificities,
+        costs=config.costs,
     )
 
 
@@ -245,18 +256,23 @@ def _status(out: Path) -> int:
     return 0
 
 
-def _collect(out: Path) -> int:
+def _collect(out: Path, costs: dict[str, float]) -> int:
+    from spatialspec.sweep.costs import recorded_costs, resolve_costs
     from spatialspec.sweep.folder import planned_runs, read_sweep
     from spatialspec.sweep.plot import CHART
+    from spatialspec.sweep.plot_cost import COST_CHART
     from spatialspec.sweep.status import count_line, run_state
     from spatialspec.sweep.summary import collect_summary, write_summaries
 
     info = read_sweep(out)
     runs = planned_runs(info)
-    frame = collect_summary(out, runs)
+    info["costs"] = resolve_costs(recorded_costs(out), costs)
+    frame = collect_summary(out, runs, info["costs"])
     write_summaries(out, frame, info)
     states = [run_state(Path(d)) for d in frame["run_dir"]]
-    print(f"sweep {out}: {count_line(states)}; summary.csv, summary.md, {CHART} written")
+    print(
+        f"sweep {out}: {count_line(states)}; summary.csv, summary.md, {CHART}, {COST_CHART} written"
+    )
     return 0
 
 
@@ -293,7 +309,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
         if args.status:
             return _status(_out(config))
         if args.collect:
-            return _collect(_out(config))
+            return _collect(_out(config), config.costs)
         if args.run:
             return _run_one(_out(config), args.run)
         frame = _sweep(config)

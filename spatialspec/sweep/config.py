@@ -12,6 +12,7 @@ recipe is a file kept next to the data; flags given on the command line win over
     out: results/siim-sweep                  # relative to the working folder, like --out
     launcher: slurm
     set: {trainer.max_epochs: 20, data.manifest: data/siim/manifest.csv}
+    costs: {mask: 300, box: 20}               # seconds per annotated image (sweep.costs)
     slurm: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 32, time_min: 240, account: lab,
             qos: normal, array_parallelism: 8, sbatch: {constraint: a100}}
 
@@ -19,7 +20,8 @@ Keys are the fields of :class:`SweepConfig` (and ``slurm:`` those of :class:`Slu
 unknown key is an error naming the key and the file. For compatibility, ``--config`` also
 accepts a *fit* config (a file with fit keys such as ``model:``, ``data:``, ``trainer:``), which
 is then the sweep's ``fit_config``. ``set:`` (a list of ``KEY=VALUE`` or a mapping) comes
-before the command line's ``--set`` pairs, so a pair given on the command line wins.
+before the command line's ``--set`` pairs, so a pair given on the command line wins; likewise
+``costs:`` (a mapping or ``mask=300,box=20``) comes before ``--costs``, kind by kind.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from spatialspec.sweep.costs import parse_costs
 from spatialspec.sweep.fitargs import flatten_set
 
 #: Top-level keys that mark a file as a fit config (``spatialspec fit --config``).
@@ -96,6 +99,8 @@ class SweepConfig:
         wait: Whether the slurm launcher waits for its runs (then summarises).
         progress: Progress bar and per-run lines.
         slurm: SLURM resources per run.
+        costs: Seconds per annotated image of the kinds given (``label``, ``mask``, ``box``,
+            ``attribute``); the others keep :data:`~spatialspec.sweep.costs.DEFAULT_COSTS`.
     """
 
     fit_config: str | None = None
@@ -113,6 +118,7 @@ class SweepConfig:
     wait: bool = True
     progress: bool = True
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    costs: dict[str, float] = field(default_factory=dict)
 
 
 SWEEP_KEYS = tuple(f.name for f in fields(SweepConfig))
@@ -247,7 +253,8 @@ def _unknown(key: str, valid: tuple[str, ...], source: str, prefix: str = "") ->
 def merge(base: SweepConfig, values: Mapping[str, Any], source: str) -> SweepConfig:
     """``base`` with ``values`` (YAML keys; ``slurm`` a mapping) applied and checked.
 
-    ``set`` pairs and ``slurm.sbatch`` options add to those of ``base``; the rest replaces.
+    ``set`` pairs, ``slurm.sbatch`` options and ``costs`` add to those of ``base``; the rest
+    replaces.
 
     Raises:
         ValueError: An unknown key or a bad value, naming ``source`` and the key.
@@ -258,6 +265,10 @@ def merge(base: SweepConfig, values: Mapping[str, Any], source: str) -> SweepCon
             raise _unknown(str(key), SWEEP_KEYS, source)
         if key == "slurm":
             changes["slurm"] = _merge_slurm(base.slurm, value, source)
+            continue
+        if key == "costs":
+            where = "--costs" if source == "command line" else f"{source}: costs"
+            changes["costs"] = {**base.costs, **parse_costs(value, where)}
             continue
         checked = _checked(_SWEEP_CHECKS, key, value, source)
         changes[key] = (*base.set, *checked) if key == "set" else checked

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import pandas as pd
 
 from spatialspec.runinfo import write_json_atomic
 from spatialspec.sweep.config import SlurmConfig
+from spatialspec.sweep.costs import recorded_costs, resolve_costs
 from spatialspec.sweep.fitargs import check_overrides
 from spatialspec.sweep.folder import (
     SWEEP_JSON,
@@ -51,6 +52,7 @@ def run_sweep(
     mlflow_tracking_uri: str | None = None,
     wait: bool = True,
     specificities: str | Iterable[Any] | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep and, if its launcher waited for the runs, write its summaries.
 
@@ -76,6 +78,9 @@ def run_sweep(
         wait: With ``slurm``: wait for the array, then summarise (else return after submitting).
         specificities: Spatial specificity levels as a grid axis of the dense methods, e.g.
             ``"mask,dilate:4,box,image"`` (None: each method's own level).
+        costs: Seconds per annotated image of some kinds (``{"mask": 300}``) for the
+            annotation-hour summary; the others keep those this folder's ``sweep.json``
+            recorded, else :data:`~spatialspec.sweep.costs.DEFAULT_COSTS`.
 
     Returns:
         The ``summary.csv`` table (one row per planned run; ``status`` finished | failed |
@@ -98,7 +103,8 @@ def run_sweep(
     check_same_sweep(out, current)
     history = invocations(out)
     extra = {"slurm": asdict(resources)} if launcher == "slurm" else {}
-    info = sweep_info(runs, config, current, jobs=jobs, launcher=launcher, **extra)
+    prices = resolve_costs(recorded_costs(out), costs)
+    info = sweep_info(runs, config, current, jobs=jobs, launcher=launcher, costs=prices, **extra)
     write_json_atomic(out / SWEEP_JSON, {**info, "status": "running", "invocations": history})
     todo, busy, watch = _todo(out, runs)
     say = _speaker(progress, chosen)
@@ -106,7 +112,7 @@ def run_sweep(
     plan_dirs = tuple((run.name, run_dir_of(out, run)) for run in runs)
     context = LaunchContext(out.absolute(), plan_dirs, watch=tuple(sorted(watch)))
     chosen.launch([make_task(run, out, current) for run in todo], context)
-    frame = collect_summary(out, runs)
+    frame = collect_summary(out, runs, prices)
     wall = round(time.perf_counter() - start, 1)
     history.append(_invocation(info, chosen, len(todo), wall))
     if chosen.waits:

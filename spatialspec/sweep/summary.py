@@ -4,7 +4,10 @@
 * ``summary.md``: mean ± sd and the mean with a seed-aware 95 % interval over the finished seeds
   per method × budget, the differences from binary and from seg at the same budget, the chart,
   the unfinished runs and the sweep's wall time;
-* ``robust_auroc_vs_masks.png`` (:mod:`spatialspec.sweep.plot`).
+* ``robust_auroc_vs_masks.png`` (:mod:`spatialspec.sweep.plot`);
+* ``robust_auroc_vs_annotation_hours.png`` (:mod:`spatialspec.sweep.plot_cost`): robust AUROC
+  against the annotation time each run consumed, priced by the sweep's costs
+  (:mod:`spatialspec.sweep.costs`), with its table in ``summary.md``.
 
 Everything is read from the folders (:func:`~spatialspec.sweep.status.run_state`), so
 ``spatialspec sweep --out DIR --collect`` summarises the finished runs of a sweep still in
@@ -13,7 +16,7 @@ flight on any launcher.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +29,31 @@ from spatialspec.data.io import atomic_open
 from spatialspec.data.manifest import load_manifest
 from spatialspec.runinfo import write_json_atomic, write_text_atomic
 from spatialspec.sweep.aggregate import aggregate
+from spatialspec.sweep.costs import (
+    ANNOTATION_COLUMNS,
+    COST_SOURCES,
+    COUNT_COLUMNS,
+    DEFAULT_COSTS,
+    annotation_row,
+    resolve_costs,
+)
 from spatialspec.sweep.folder import SWEEP_JSON
 from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, run_dir_of
 from spatialspec.sweep.plot import CHART, plot_sweep
+from spatialspec.sweep.plot_cost import COST_CHART, plot_cost
 from spatialspec.sweep.plot_specificity import SPECIFICITY_CHART, plot_specificity
 from spatialspec.sweep.status import read_json, run_state
 
-#: Columns of ``summary.csv``, in order.
+#: Columns of ``summary.csv``, in order (``<kind>_images``: images per annotation kind the run
+#: consumed; ``annotation_seconds``: their price; ``annotation_source``: ``run.json``,
+#: ``reconstructed`` or ``unknown: <why>``; see :mod:`spatialspec.sweep.costs`).
 SUMMARY_COLUMNS = (
     "method", "budget", "specificity", "n_masks", "seed", "robust_auroc", "robust_auroc_lo",
     "robust_auroc_hi", "auroc", "auroc_lo", "auroc_hi", "n_robust", "run_dir", "status", "seconds",
-    "error",
+    *ANNOTATION_COLUMNS, "error",
 )  # fmt: skip
 _NAN = float("nan")
+_NO_ANNOTATIONS = {**dict.fromkeys(ANNOTATION_COLUMNS, _NAN), "annotation_source": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,14 +103,19 @@ def _metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def collect_summary(out: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
+def collect_summary(
+    out: str | Path, runs: Sequence[SweepRun], costs: Mapping[str, float] | None = None
+) -> pd.DataFrame:
     """One row per run of ``runs`` from the run folders below ``out`` (:data:`SUMMARY_COLUMNS`).
 
     ``status`` is the run's :func:`~spatialspec.sweep.status.run_state` (finished, running,
-    pending or failed, with the failure's last line in ``error``); the metrics of unfinished
-    runs are NaN.
+    pending or failed, with the failure's last line in ``error``); the metrics and annotation
+    counts of unfinished runs are NaN. ``costs``: seconds per annotated image of each kind
+    (default :data:`~spatialspec.sweep.costs.DEFAULT_COSTS`).
     """
+    costs = resolve_costs(costs)
     manifests: dict[str, pd.DataFrame] = {}
+    counted: dict[str, dict[str, Any]] = {}
     rows = []
     for run in runs:
         run_dir = run_dir_of(out, run)
@@ -112,12 +132,15 @@ def collect_summary(out: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
             "run_dir": str(run_dir),
             "status": state.status,
             "seconds": _seconds(run_dir) if finished else _NAN,
+            **(annotation_row(run_dir, costs, counted) if finished else _NO_ANNOTATIONS),
             "error": state.detail if state.status == "failed" else "",
         }
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     frame["n_masks"] = frame["n_masks"].astype("Int64")
     frame["n_robust"] = frame["n_robust"].astype("Int64")
+    for column in COUNT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     return frame
 
 
@@ -198,9 +221,101 @@ def summary_markdown(
     lines += ["", f"![robust AUROC vs. masks]({CHART})", ""]
     if spec:
         lines += [f"![robust AUROC vs. spatial specificity]({SPECIFICITY_CHART})", ""]
+    lines += _cost_lines(frame, table, info)
     lines += _unfinished_lines(frame)
     lines.append(_wall_line(len(frame), info))
     return "\n".join(lines) + "\n"
+
+
+def _hours(seconds: float) -> str:
+    return "–" if not np.isfinite(seconds) else f"{seconds / 3600:.3g}"
+
+
+def _count(value: Any) -> str:
+    return "–" if pd.isna(value) else f"{int(value)}"
+
+
+def _per_hour(row: pd.Series, base_seconds: float) -> str:
+    """The difference from binary (and its seed-aware CI) per extra annotation hour."""
+    diff = row.get("vs_binary_robust_auroc_diff", _NAN)
+    extra = (row["annotation_seconds"] - base_seconds) / 3600
+    if not (np.isfinite(diff) and np.isfinite(extra) and extra > 0):
+        return "–"
+    lo, hi = row["vs_binary_robust_auroc_lo"], row["vs_binary_robust_auroc_hi"]
+    ci = f" [{lo / extra:+.3g}, {hi / extra:+.3g}]" if np.isfinite(lo) else ""
+    return f"{diff / extra:+.3g}{ci}"
+
+
+def _cost_text(costs: dict[str, float]) -> list[str]:
+    priced = ", ".join(f"{kind} {seconds:g} s" for kind, seconds in costs.items())
+    sources = [
+        f"- `{kind}`: "
+        + (COST_SOURCES[kind] if seconds == DEFAULT_COSTS[kind] else "set for this sweep")
+        + "."
+        for kind, seconds in costs.items()
+    ]
+    return [
+        f"Annotation time each run consumed, at {priced} per annotated image (`--costs`): "
+        "`labels` = training and validation images whose label the run used (model selection "
+        "reads val labels); `masks` / `boxes` = training positives whose pixel annotation the "
+        "method trained on (and val ones under monitor `val/loss`; a negative's known-empty "
+        "mask follows from its label and costs nothing more); `attributes` = spurious-attribute labels trained on (`groupdro`: train, "
+        "`dfr`: val) or selected on (monitor `val/robust_auroc`). The default costs are "
+        "published times on natural images, per object, **not measured on medical images**:",
+        "",
+        *sources,
+        "",
+    ]
+
+
+def _cost_lines(frame: pd.DataFrame, table: pd.DataFrame, info: dict[str, Any]) -> list[str]:
+    """``summary.md``'s robust AUROC per annotation hour: the table and the chart."""
+    if table.empty or "annotation_seconds" not in table:
+        return []
+    spec = "specificity" in table
+    binary = table[table["method"] == "binary"]["annotation_seconds"]
+    base = float(binary.iloc[0]) if len(binary) else _NAN
+    lines = [
+        "## Robust AUROC per annotation hour",
+        "",
+        *_cost_text(resolve_costs(info.get("costs"))),
+    ]
+    lines += [
+        "| method | budget |" + (" specificity |" if spec else "") + " labels | masks | boxes | "
+        "attributes | hours | robust AUROC [95 % CI] | vs binary per extra hour [95 % CI] |",
+        "|---|---|" + ("---|" if spec else "") + "---:|---:|---:|---:|---:|---|---|",
+    ]
+    for _, row in table.iterrows():
+        level = row["specificity"] if spec and isinstance(row["specificity"], str) else "–"
+        counts = " | ".join(_count(row.get(c)) for c in COUNT_COLUMNS)
+        lines.append(
+            f"| {row['method']} | {row['budget']} |" + (f" {level} |" if spec else "")
+            + f" {counts} | {_hours(row['annotation_seconds'])} | "
+            f"{_mean_ci(row, 'robust_auroc')} | {_per_hour(row, base)} |"
+        )  # fmt: skip
+    lines += ["", f"![robust AUROC vs. annotation hours]({COST_CHART})", ""]
+    return lines + _source_notes(frame)
+
+
+def _source_notes(frame: pd.DataFrame) -> list[str]:
+    """Finished runs whose counts were rebuilt from their config, or are unknown."""
+    done = frame[frame["status"] == "finished"]
+    source = done["annotation_source"].astype(str)
+    lines = []
+    rebuilt = int((source == "reconstructed").sum())
+    if rebuilt:
+        lines.append(
+            f"{rebuilt} run(s) predate `run.json`'s `annotations`: their counts were rebuilt "
+            "from their saved config and manifest as a fit counts them."
+        )
+    unknown = done[source.str.startswith("unknown")]
+    if len(unknown):
+        lines.append(
+            f"**{len(unknown)} run(s) with unknown annotation counts** (left out of the hours, "
+            "never counted as 0):"
+        )
+        lines += [f"- `{r.run_dir}`: {r.annotation_source}" for r in unknown.itertuples()]
+    return [*lines, ""] if lines else []
 
 
 def _wall_line(n_runs: int, info: dict[str, Any]) -> str:
@@ -239,6 +354,7 @@ def write_summaries(out: str | Path, frame: pd.DataFrame, info: dict[str, Any]) 
         frame.to_csv(fh, index=False)
     table = _table(frame, info)
     plot_sweep(frame, out / CHART, table)
+    plot_cost(table, out / COST_CHART)
     if "specificity" in table:
         plot_specificity(table, out / SPECIFICITY_CHART)
     write_text_atomic(out / "summary.md", summary_markdown(frame, info, table))

@@ -103,8 +103,8 @@ def test_noise_per_image_id_does_not_depend_on_the_batch(pair) -> None:
 
 def test_mask_images_rejects_bad_input(pair) -> None:
     images, regions = pair
-    with pytest.raises(ValueError, match="unknown masking fill 'blur'"):
-        mask_images(images, regions, fill="blur")
+    with pytest.raises(ValueError, match="unknown masking fill 'sepia'"):
+        mask_images(images, regions, fill="sepia")
     with pytest.raises(ValueError, match="expected images"):
         mask_images(images, regions[:, :4], fill="mean")
 
@@ -258,7 +258,9 @@ def test_a_shortcut_model_is_exposed_by_removing_the_spurious_region(monkeypatch
 def test_audit_masking_writes_every_condition(tiny_checkpoints, tiny_synthetic, tmp_path) -> None:
     result = audit_masking(tiny_checkpoints["seg"], tiny_synthetic, limit=24, n_resamples=20)
     paths = write_masking(result, tmp_path)
-    assert [p.name for p in paths] == ["masking.json", "masking.md", "masking.png"]
+    assert [p.name for p in paths] == [
+        "masking.json", "masking.md", "masking.png", "masking_dose_response.png"
+    ]
     saved = json.loads((tmp_path / "masking.json").read_text())
     assert list(saved["conditions"]) == list(CONDITIONS)
     assert "_example_images" not in saved
@@ -280,8 +282,9 @@ def test_audit_masking_writes_every_condition(tiny_checkpoints, tiny_synthetic, 
     assert ref["robust_auroc"] in (0.0, None)  # the spurious attribute alone is the shortcut
     assert "Metadata-only reference" in md
     off = audit_masking(tiny_checkpoints["seg"], tiny_synthetic, limit=8, n_resamples=10,
-                        conditions=["original"], metadata_columns=[])  # fmt: skip
-    assert off["metadata_reference"] is None
+                        conditions=["original"], metadata_columns=[], doses=(), fills=())  # fmt: skip
+    assert off["metadata_reference"] is None and off["metadata_references"] == []
+    assert off["dose_response"] == {} and off["fill_control"] is None
 
 
 def test_spurious_removed_alters_only_images_with_a_spurious_mask(
@@ -342,8 +345,8 @@ def test_roi_masking_reads_the_roi_of_negatives_with_a_mask_file(tiny_synthetic,
 def test_unknown_roi_masking_values_error() -> None:
     with pytest.raises(ValueError, match=r"unknown masking condition 'roi'.*roi_removed"):
         SpatialDataModule("unused.csv", roi_masking="roi")
-    with pytest.raises(ValueError, match="unknown masking fill 'blur'"):
-        SpatialDataModule("unused.csv", roi_masking="roi_only", roi_masking_fill="blur")
+    with pytest.raises(ValueError, match="unknown masking fill 'sepia'"):
+        SpatialDataModule("unused.csv", roi_masking="roi_only", roi_masking_fill="sepia")
     with pytest.raises(ValueError, match="unknown masking region 'circle'"):
         SpatialDataModule("unused.csv", roi_masking="roi_only", roi_masking_region="circle")
 
@@ -397,8 +400,8 @@ def test_cli_masking(tiny_checkpoints, tiny_synthetic, tmp_path, capsys) -> None
     assert (tmp_path / "one" / "masking.json").is_file()
     args = parser.parse_args(["audit", "masking", "--checkpoint", f"a={tiny_checkpoints['seg']}",
                               "--checkpoint", f"b={tiny_checkpoints['binary']}",
-                              "--conditions", "original,roi_only", "--out",
-                              str(tmp_path / "two"), *common])  # fmt: skip
+                              "--conditions", "original,roi_only", "--dose-range", "",
+                              "--fills", "", "--out", str(tmp_path / "two"), *common])  # fmt: skip
     matrix = run_masking(args)
     assert matrix["rows"] == ["a", "b"] and matrix["columns"] == ["original", "roi_only"]
     assert (tmp_path / "two" / "b" / "masking.md").is_file()

@@ -24,6 +24,7 @@ from spatialspec.data.io import read_image, read_mask
 from spatialspec.data.roi import (
     DEFAULT_DILATE,
     check_masking,
+    condition_area,
     condition_region,
     fill_region,
     image_rng,
@@ -77,12 +78,14 @@ class ManifestDataset(Dataset):
             (needs ``image_size``): later epochs skip decoding and resizing, while the
             augmentation still differs every epoch.
         roi_masking: Masking condition applied to every image (None: off): ``roi_removed``,
-            ``roi_only`` or ``spurious_removed`` (see :mod:`spatialspec.data.roi`). It fills
-            the resized, un-augmented image (after the cache, before ``transform``), using the
-            ROI mask of every row with a mask file (whatever its label) and the spurious mask
-            of ``spurious_mask_path``. The dense target is unchanged.
+            ``roi_only``, ``spurious_removed``, ``anatomy_removed``, ``anatomy_only``,
+            ``anatomy_box_removed`` or ``anatomy_box_only`` (see :mod:`spatialspec.data.roi`).
+            It fills the resized, un-augmented image (after the cache, before ``transform``),
+            using the ROI mask of every row with a mask file (whatever its label), the spurious
+            mask of ``spurious_mask_path`` and the anatomy mask of ``roi_mask_path`` (which
+            every row must then have: ValueError otherwise). The dense target is unchanged.
         roi_masking_region: ``mask`` or ``box`` (the ROI's filled boxes).
-        roi_masking_fill: ``mean``, ``noise`` (fixed per image id) or ``zero``.
+        roi_masking_fill: ``mean``, ``noise`` (fixed per image id), ``zero`` or ``blur``.
         roi_masking_dilate: Pixels by which the spurious mask is grown.
         seed: Base seed of the augmentation of samples fetched by
             :class:`~spatialspec.data.samplers.SampleKey`: the sample of ``(epoch, index)`` is
@@ -120,6 +123,9 @@ class ManifestDataset(Dataset):
         cols = ["image_id", "image_path", "label", "spurious", "mask_path", "mask_available"]
         if roi_masking is not None and "spurious_mask_path" in frame.columns:
             cols.append("spurious_mask_path")
+        if condition_area(roi_masking) == "anatomy":
+            _check_anatomy(frame, roi_masking)
+            cols.append("roi_mask_path")
         self.records = frame[cols].to_dict("records")
         self.transform = transform
         self.annotation = annotation
@@ -205,12 +211,17 @@ class ManifestDataset(Dataset):
     ) -> np.ndarray:
         """The image with the ``roi_masking`` condition applied (a new array)."""
         shape = image.shape[:2]
-        # A positive's ROI was already read (and resized) for the target.
-        roi = mask > 0 if mask is not None else self._region_mask(rec["mask_path"], shape)
-        spurious = self._region_mask(rec.get("spurious_mask_path"), shape)
+        area = condition_area(self.roi_masking)
+        roi = spurious = anatomy = None
+        if area == "roi":  # a positive's ROI was already read (and resized) for the target
+            roi = mask > 0 if mask is not None else self._region_mask(rec["mask_path"], shape)
+        elif area == "spurious":
+            spurious = self._region_mask(rec.get("spurious_mask_path"), shape)
+        else:
+            anatomy = self._region_mask(rec["roi_mask_path"], shape)
         filled, reference = condition_region(
             self.roi_masking, roi, spurious, shape, self.roi_masking_region,
-            self.roi_masking_dilate,
+            self.roi_masking_dilate, anatomy=anatomy,
         )  # fmt: skip
         rng = image_rng(0, rec["image_id"]) if self.roi_masking_fill == "noise" else None
         return fill_region(image, filled, self.roi_masking_fill, rng, reference)
@@ -231,6 +242,20 @@ class ManifestDataset(Dataset):
         if self.specificity is not None:
             target = self.specificity.apply(target)
         return torch.from_numpy(target.view(np.uint8)[None]).to(torch.float32)  # (1, H, W)
+
+
+def _check_anatomy(frame: pd.DataFrame, condition: str) -> None:
+    """Every row needs an anatomy mask (``roi_mask_path``) under an ``anatomy*`` condition."""
+    paths = frame["roi_mask_path"] if "roi_mask_path" in frame.columns else None
+    missing = np.ones(len(frame), bool) if paths is None else (
+        paths.fillna("").astype(str).str.strip() == "").to_numpy()  # fmt: skip
+    if missing.any():
+        source = frame.attrs.get("manifest_path", "the manifest")
+        ids = ", ".join(frame["image_id"].astype(str)[missing][:5])
+        raise ValueError(
+            f"roi_masking={condition!r} needs roi_mask_path (the anatomy mask) on every row; "
+            f"{int(missing.sum())} of {len(frame)} rows of {source} have none (first: {ids})"
+        )
 
 
 def _normalised_tensor(image: np.ndarray) -> torch.Tensor:

@@ -259,7 +259,10 @@ def test_audit_masking_writes_every_condition(tiny_checkpoints, tiny_synthetic, 
     result = audit_masking(tiny_checkpoints["seg"], tiny_synthetic, limit=24, n_resamples=20)
     paths = write_masking(result, tmp_path)
     assert [p.name for p in paths] == [
-        "masking.json", "masking.md", "masking.png", "masking_dose_response.png"
+        "masking.json",
+        "masking.md",
+        "masking.png",
+        "masking_dose_response.png",
     ]
     saved = json.loads((tmp_path / "masking.json").read_text())
     assert list(saved["conditions"]) == list(CONDITIONS)
@@ -281,8 +284,18 @@ def test_audit_masking_writes_every_condition(tiny_checkpoints, tiny_synthetic, 
     assert ref["columns"] == ["spurious"] and ref["split"] == "test" and ref["n_scored"] > 0
     assert ref["robust_auroc"] in (0.0, None)  # the spurious attribute alone is the shortcut
     assert "Metadata-only reference" in md
+    assert saved["anatomy"]["n_missing"] == 0 and saved["skipped_conditions"] == {}
+    assert saved["conditions"]["anatomy_only"]["n_altered"] == 24
+    for curve in saved["dose_response"].values():  # roi and anatomy
+        assert [p["dilation_px"] for p in curve["points"]] == [-8, -4, 0, 4, 8, 16]
+        visible = [p["visible_fraction"] for p in curve["points"]]
+        assert visible == sorted(visible, reverse=True)
+    assert set(saved["fill_control"]["table"]["anatomy_removed"]) == {
+        "zero", "mean", "noise", "blur"}  # fmt: skip
+    assert "## Fill control" in md and "## Dose-response: `anatomy_removed`" in md
     off = audit_masking(tiny_checkpoints["seg"], tiny_synthetic, limit=8, n_resamples=10,
-                        conditions=["original"], metadata_columns=[], doses=(), fills=())  # fmt: skip
+                        conditions=["original"], metadata_columns=[], doses=(),
+                        fills=())  # fmt: skip
     assert off["metadata_reference"] is None and off["metadata_references"] == []
     assert off["dose_response"] == {} and off["fill_control"] is None
 
@@ -313,7 +326,13 @@ def _datamodule(manifest: Path, **kwargs: Any) -> SpatialDataModule:
 
 @pytest.mark.parametrize(
     ("condition", "fill"),
-    [("roi_removed", "mean"), ("roi_only", "zero"), ("spurious_removed", "noise")],
+    [
+        ("roi_removed", "mean"),
+        ("roi_only", "zero"),
+        ("spurious_removed", "noise"),
+        ("anatomy_removed", "blur"),
+        ("anatomy_box_only", "mean"),
+    ],
 )
 def test_training_batches_are_masked_as_the_audit_masks(tiny_synthetic, condition, fill) -> None:
     """A training batch equals the audit's masking of the same images (one shared fill)."""
@@ -371,7 +390,7 @@ def test_matrix_crosses_train_and_test_conditions(
     conditions = ("original", "roi_removed")
     matrix = audit_masking_matrix(
         [tiny_checkpoints["seg"], roi_removed_run], tiny_synthetic,
-        conditions=conditions, limit=16, n_resamples=20,
+        conditions=conditions, limit=16, n_resamples=20, doses=(), fills=(),
     )  # fmt: skip
     assert matrix["rows"] == ["seg_original", "binary_roi_removed"]
     assert matrix["columns"] == list(conditions)
@@ -393,10 +412,16 @@ def test_cli_masking(tiny_checkpoints, tiny_synthetic, tmp_path, capsys) -> None
     add_masking_parser(audit.add_subparsers(dest="audit", required=True))
     common = ["--manifest", str(tiny_synthetic), "--limit", "12", "--n-resamples", "10"]
     args = parser.parse_args(["audit", "masking", "--checkpoint", str(tiny_checkpoints["seg"]),
-                              "--fill", "noise", "--region", "box", "--out",
-                              str(tmp_path / "one"), *common])  # fmt: skip
+                              "--fill", "noise", "--region", "box", "--dose-range=-2:2:4",
+                              "--fills", "mean,blur", "--fill-conditions", "anatomy_only",
+                              "--metadata-columns", "spurious", "--metadata-columns",
+                              "view,age,sex", "--out", str(tmp_path / "one"), *common])  # fmt: skip
     result = run_masking(args)
     assert result["config"]["fill"] == "noise" and result["config"]["region"] == "box"
+    assert result["config"]["doses"] == [-2, 2] and result["config"]["fills"] == ["mean", "blur"]
+    assert result["fill_control"]["conditions"] == ["anatomy_only"]
+    assert [r["columns"] for r in result["metadata_references"]] == [
+        ["spurious"], ["view", "age", "sex"]]  # fmt: skip
     assert (tmp_path / "one" / "masking.json").is_file()
     args = parser.parse_args(["audit", "masking", "--checkpoint", f"a={tiny_checkpoints['seg']}",
                               "--checkpoint", f"b={tiny_checkpoints['binary']}",

@@ -57,3 +57,25 @@ def test_bad_columns_and_one_class_are_clear_errors() -> None:
     frame.loc[frame.split == "train", "label"] = 1
     with pytest.raises(ValueError, match="one class only"):
         metadata_reference(frame, ["spurious"])
+
+
+def test_the_synthetic_metadata_columns(tiny_synthetic) -> None:
+    """view (tied to the tube), age and sex of the synthetic benchmark: a weaker shortcut."""
+    from spatialspec.data.manifest import load_manifest
+
+    frame = load_manifest(tiny_synthetic, check_files=False)
+    ref = metadata_reference(frame, ["view", "age", "sex"], n_resamples=100)
+    assert set(ref["coefficients"]) == {"view=AP", "view=PA", "age", "sex=F", "sex=M"}
+    assert ref["n_skipped"] == 0 and ref["n_scored"] == (frame.split == "test").sum()
+    train, test = frame[frame.split == "train"], frame[frame.split == "test"]
+    features = lambda f: np.c_[  # noqa: E731
+        f.view == "AP",
+        f.view == "PA",
+        (f.age - train.age.mean()) / train.age.std(ddof=0),
+        f.sex == "F",
+        f.sex == "M",
+    ]
+    model = LogisticRegression(max_iter=1000).fit(features(train), train.label)
+    expected = roc_auc_score(test.label, model.predict_proba(features(test))[:, 1])
+    assert ref["auroc"] == pytest.approx(expected)
+    assert ref["coefficients"]["view=AP"] > ref["coefficients"]["view=PA"]  # AP goes with the tube

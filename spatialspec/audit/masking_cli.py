@@ -93,8 +93,8 @@ def add_masking_options(
         default=_doses_text(DEFAULT_DOSES),
         metavar="DOSES",
         help="pixels by which the removed ROI / anatomy is eroded (<0) or dilated: "
-        "START:STOP:STEP or a comma list (default %(default)s; '' for no "
-        "curve)",
+        "START:STOP:STEP or a comma list, written with '=' when it starts with a minus "
+        "(--dose-range=-8:16:4; default %(default)s; '' for no curve)",
     )
     p.add_argument(
         f"--{prefix}fills",

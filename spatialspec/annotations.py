@@ -1,8 +1,9 @@
 """What annotation a fit consumed: images per annotation kind, recorded in ``run.json``.
 
 ``spatialspec fit`` writes ``run.json["annotations"]`` (:func:`annotations_of`) from the data
-module's manifest *after* the mask (and attribute) budgets, so the counts are what the run trained
-and selected its model on, not what the manifest holds. The sweep prices them
+module's manifest *after* the mask and attribute budgets (its ``frame``; the validation loaders'
+``metric_frame`` for what model selection reads), so the counts are what the run trained and
+selected its model on, not what the manifest holds. The sweep prices them
 (:mod:`spatialspec.sweep.costs`) to plot robust AUROC against annotation hours.
 
 Kinds (:data:`KINDS`), each counted in images:
@@ -28,9 +29,11 @@ the image, which is what the label's time pays for.)
 
 **Validation**: labels always count (above). Val pixel annotations count when the monitor is
 ``val/loss`` of a method with a pixel loss (the loss reads them); val attributes count when the
-method trains on them (``dfr``), when the monitor is ``val/robust_auroc`` (its subgroups need
-them), or when the monitor is ``val/loss`` of a method that trains on attributes (its loss may
-weigh groups). Test annotations are never counted: they measure, they do not train.
+method trains on them (``dfr``: those its attribute budget kept), when the monitor is
+``val/robust_auroc`` (its subgroups need them: every known val attribute, which the validation
+loader reads whatever the budget), or when the monitor is ``val/loss`` of a method that trains on
+attributes (its loss may weigh groups). Test annotations are never counted: they measure, they
+do not train.
 
 A box or mask is counted once per image whatever the number of regions in it; published
 annotation times are per object, and the synthetic benchmark has one region per positive.
@@ -103,6 +106,7 @@ def count_annotations(
     specificity: str | None,
     attribute_split: str | None = None,
     monitor: str = "val/auroc",
+    metric_frame: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Images per annotation kind a fit consumed, from its manifest after the budgets.
 
@@ -115,6 +119,8 @@ def count_annotations(
             ``val``).
         monitor: The model-selection metric (``val/auroc``, ``val/robust_auroc``,
             ``val/loss``).
+        metric_frame: The rows the validation loader reads (every attribute kept; default
+            ``frame``), for the val attributes a monitor reads.
 
     Returns:
         ``{"label", "mask", "box", "attribute"}`` totals over train and val; ``"train"`` and
@@ -134,9 +140,11 @@ def count_annotations(
     used["train"]["empty_targets"] = negatives if kind is not None else 0
     if attribute_split == "train":
         used["train"]["attribute"] = _known_attributes(train)
-    val_attributes = attribute_split == "val" or monitor == _ROBUST_MONITOR
-    if val_attributes or (monitor == _LOSS_MONITOR and attribute_split is not None):
+    if attribute_split == "val":
         used["val"]["attribute"] = _known_attributes(val)
+    if monitor == _ROBUST_MONITOR or (monitor == _LOSS_MONITOR and attribute_split is not None):
+        metric = frame if metric_frame is None else metric_frame
+        used["val"]["attribute"] = _known_attributes(metric[metric["split"] == "val"])
     totals = {k: used["train"][k] + used["val"][k] for k in KINDS}
     return {**totals, **used, "pixel_kind": kind, "attribute_split": attribute_split,
             "monitor": monitor}  # fmt: skip
@@ -146,12 +154,14 @@ def annotations_of(
     method_cls: type[SpatialMethod], data: SpatialDataModule, monitor: str
 ) -> dict[str, Any]:
     """:func:`count_annotations` of a fit: its method class, its data module (budgets applied
-    by ``data.frame``) and its monitor. What ``run.json["annotations"]`` holds."""
+    by ``data.frame``; ``data.metric_frame`` what its validation loader reads) and its monitor.
+    What ``run.json["annotations"]`` holds."""
     return count_annotations(
         data.frame,
         specificity=data.specificity,
         attribute_split=getattr(method_cls, "attribute_split", None),
         monitor=monitor,
+        metric_frame=getattr(data, "metric_frame", None),
     )
 
 
@@ -180,7 +190,8 @@ def annotations_from_config(
     key = json.dumps([config["method"], monitor, data], sort_keys=True, default=str)
     if cache is not None and key in cache:
         return cache[key]
-    module = SpatialDataModule(**data, annotation=method_cls.annotation)
+    split = getattr(method_cls, "attribute_split", None)
+    module = SpatialDataModule(**data, annotation=method_cls.annotation, attribute_split=split)
     counts = annotations_of(method_cls, module, monitor)
     if cache is not None:
         cache[key] = counts

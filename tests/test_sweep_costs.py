@@ -115,6 +115,13 @@ def test_counts_per_kind_follow_level_attributes_and_monitor() -> None:
     assert (dfr["attribute"], dfr["train"]["attribute"], dfr["val"]["attribute"]) == (3, 0, 3)
     robust = count_annotations(frame, specificity="mask", monitor="val/robust_auroc")
     assert (robust["attribute"], robust["mask"]) == (3, 3)
+    budgeted = frame.copy()  # dfr's attribute budget kept 1 of val's 3; selection reads all 3
+    budgeted.loc[[8, 10], "spurious"] = np.nan
+    dfr = count_annotations(budgeted, specificity=None, attribute_split="val", metric_frame=frame)
+    assert dfr["val"]["attribute"] == 1
+    dfr = count_annotations(budgeted, specificity=None, attribute_split="val",
+                            monitor="val/robust_auroc", metric_frame=frame)  # fmt: skip
+    assert dfr["val"]["attribute"] == 3
     loss = count_annotations(frame, specificity="mask", monitor="val/loss")
     assert (loss["mask"], loss["val"]["mask"], loss["attribute"]) == (5, 2, 0)
 
@@ -124,9 +131,10 @@ def test_counts_per_kind_follow_level_attributes_and_monitor() -> None:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, quick_fit_args: list[str]) -> dict[str, Any]:
-    """binary + seg at a 25 % mask budget, seed 1, priced at mask=60 s (2 fits)."""
+    """binary, seg at a 25 % mask budget and groupdro at a 25 % attribute budget, seed 1,
+    priced at mask=60 s (3 fits)."""
     out = tmp_path_factory.mktemp("costs")
-    frame = run_sweep(SEG, "25%", "binary,seg", "1", out, overrides=quick_fit_args,
+    frame = run_sweep(SEG, "25%", "binary,seg,groupdro", "1", out, overrides=quick_fit_args,
                       progress=False, n_resamples=50, costs={"mask": 60})  # fmt: skip
     return {"out": out, "frame": frame, "args": quick_fit_args}
 
@@ -148,6 +156,10 @@ def test_run_json_records_what_training_consumed(swept: dict[str, Any]) -> None:
     binary = json.loads((runs / "binary/seed-1/run.json").read_text())["annotations"]
     assert (binary["label"], binary["mask"], binary["train"]["empty_targets"]) == (72, 0, 0)
     assert binary["pixel_kind"] is None
+    # groupdro: 25 % of the 48 known train attributes (the synthetic benchmark knows them all)
+    dro = json.loads((runs / "groupdro/budget-0.25/seed-1/run.json").read_text())["annotations"]
+    assert (dro["label"], dro["mask"], dro["attribute"], dro["val"]["attribute"]) == (72, 0, 12, 0)
+    assert dro["attribute_split"] == "train"
 
 
 def test_summary_csv_md_and_chart_price_the_counts(swept: dict[str, Any]) -> None:
@@ -157,6 +169,8 @@ def test_summary_csv_md_and_chart_price_the_counts(swept: dict[str, Any]) -> Non
     )
     assert csv.loc["seg", "annotation_seconds"] == pytest.approx(72 * 1 + 6 * 60)
     assert csv.loc["binary", "annotation_seconds"] == pytest.approx(72)
+    assert csv.loc["groupdro", "annotation_seconds"] == pytest.approx(72 + 12 * 1)
+    assert (csv.loc["groupdro", "n_masks"], csv.loc["groupdro", "attribute_images"]) == (0, 12)
     assert (csv.loc["seg", "mask_images"], csv.loc["seg", "label_images"]) == (6, 72)
     assert set(csv["annotation_source"]) == {"run.json"}
     assert json.loads((out / "sweep.json").read_text())["costs"] == {**DEFAULT_COSTS, "mask": 60}
@@ -182,11 +196,11 @@ def test_collect_reprices_a_finished_sweep(swept: dict[str, Any], tmp_path: Path
     bad = parser.parse_args(["sweep", "--out", str(out), "--collect", "--costs", "mask=abc"])
     assert run_sweep_cli(bad) == 2
     # other costs do not refuse the folder (they are no fit setting); nothing is refitted
-    frame = run_sweep(SEG, "25%", "binary,seg", "1", out, overrides=swept["args"],
+    frame = run_sweep(SEG, "25%", "binary,seg,groupdro", "1", out, overrides=swept["args"],
                       progress=False, n_resamples=50, costs={"box": 1})  # fmt: skip
     assert frame.set_index("method").loc["seg", "annotation_seconds"] == pytest.approx(144 + 360)
     history = json.loads((out / "sweep.json").read_text())["invocations"]
-    assert [h["runs_run"] for h in history] == [2, 0]
+    assert [h["runs_run"] for h in history] == [3, 0]
 
 
 def test_old_runs_are_rebuilt_from_their_config_or_marked_unknown(

@@ -171,4 +171,9 @@ def aggregate(frame: pd.DataFrame, n_resamples: int = 1000) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(dict.fromkeys(frame["method"]))}
     table["_order"] = table["method"].map(order)
-    return table.sort_values(["_order", "n_masks"], kind="stable").drop(columns="_order")
+    order = [
+        "_order",
+        "n_masks",
+        *(["annotation_seconds"] if "annotation_seconds" in table else []),
+    ]
+    return table.sort_values(order, kind="stable").drop(columns="_order")

@@ -2,7 +2,9 @@
 
 One line per dense method (mean and seed-aware 95 % band over seeds, symlog x so that 0 masks
 shows) and a horizontal band for each method that ignores masks (``binary``), drawn from
-:func:`~spatialspec.sweep.summary.aggregate` of the finished runs.
+:func:`~spatialspec.sweep.summary.aggregate` of the finished runs. Methods whose budget is one
+of spurious-attribute labels (``groupdro``, ``dfr``) have no mask axis: they are drawn in the
+annotation-hour chart (:mod:`spatialspec.sweep.plot_cost`) only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pandas as pd
 
 from spatialspec.data.io import atomic_open
 from spatialspec.sweep.aggregate import aggregate
-from spatialspec.sweep.plan import NO_BUDGET
+from spatialspec.sweep.plan import NO_BUDGET, budget_key
 
 CHART = "robust_auroc_vs_masks.png"
 
@@ -41,7 +43,7 @@ def plot_sweep(frame: pd.DataFrame, path: str | Path, table: pd.DataFrame | None
         colour = colours[i % len(colours)]
         if (group["budget"] == NO_BUDGET).all():
             _reference_band(ax, method, group.iloc[0], colour)
-        else:
+        elif budget_key(method) == "data.mask_budget":
             _curve(ax, method, group.dropna(subset=["n_masks"]), colour)
     _style_axes(ax, table)
     fig.tight_layout()

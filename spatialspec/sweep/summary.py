@@ -38,7 +38,7 @@ from spatialspec.sweep.costs import (
     resolve_costs,
 )
 from spatialspec.sweep.folder import SWEEP_JSON
-from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, run_dir_of
+from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, budget_key, run_dir_of
 from spatialspec.sweep.plot import CHART, plot_sweep
 from spatialspec.sweep.plot_cost import COST_CHART, plot_cost
 from spatialspec.sweep.plot_specificity import SPECIFICITY_CHART, plot_specificity
@@ -63,8 +63,9 @@ _NO_ANNOTATIONS = {**dict.fromkeys(ANNOTATION_COLUMNS, _NAN), "annotation_source
 
 def _n_masks(run: SweepRun, run_dir: Path, manifests: dict[str, pd.DataFrame]) -> float:
     """Training positives that kept their masks in this run: the data module's own record in
-    ``run.json``, else the budget of the run's resolved config applied to its manifest."""
-    if not run.uses_masks:
+    ``run.json``, else the budget of the run's resolved config applied to its manifest (0 for a
+    method trained without masks, whose budget, if any, is of attributes)."""
+    if not run.uses_masks or budget_key(run.method) != "data.mask_budget":
         return 0
     recorded = (read_json(run_dir / "run.json") or {}).get("mask_budget") or {}
     if "n_masks" in recorded:
@@ -259,9 +260,10 @@ def _cost_text(costs: dict[str, float]) -> list[str]:
         "`labels` = training and validation images whose label the run used (model selection "
         "reads val labels); `masks` / `boxes` = training positives whose pixel annotation the "
         "method trained on (and val ones under monitor `val/loss`; a negative's known-empty "
-        "mask follows from its label and costs nothing more); `attributes` = spurious-attribute labels trained on (`groupdro`: train, "
-        "`dfr`: val) or selected on (monitor `val/robust_auroc`). The default costs are "
-        "published times on natural images, per object, **not measured on medical images**:",
+        "mask follows from its label and costs nothing more); `attributes` = "
+        "spurious-attribute labels trained on (`groupdro`: train, `dfr`: val) or selected on "
+        "(monitor `val/robust_auroc`). The default costs are published times on natural "
+        "images, per object, **not measured on medical images**:",
         "",
         *sources,
         "",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spatialspec.audit.base import AuditResult
 from spatialspec.audit.slice_eval import (
     evaluate_subgroups,
     fit_on_val_apply,
@@ -17,6 +18,7 @@ from spatialspec.audit.slice_eval import (
 )
 from spatialspec.audit.slices import (
     ErrorAwareMixture,
+    SlicesAudit,
     add_slices_parser,
     anti_correlated,
     discover_slices,
@@ -257,6 +259,20 @@ def test_cli_threshold_flag() -> None:
         _audit_args(["audit", "slices", "--checkpoint", "c", "--out", "o", "--threshold", "x"])
 
 
+def test_cli_modality_flags() -> None:
+    base = ["audit", "slices", "--checkpoint", "c", "--out", "o"]
+    args = _audit_args(base)
+    assert args.modalities == ("image", "text", "metadata") and args.modality_weights is None
+    assert args.metadata_columns is None and args.text_column is None
+    args = _audit_args([*base, "--modalities", "image,text", "--modality-weights", "text=2",
+                        "--metadata-columns", "view, age", "--text-encoder", "/m"])  # fmt: skip
+    assert args.modalities == ("image", "text") and args.modality_weights == {"text": 2.0}
+    assert args.metadata_columns == ["view", "age"] and args.text_encoder == "/m"
+    for bad in (["--modalities", "audio"], ["--modality-weights", "text=-1"]):
+        with pytest.raises(SystemExit):
+            _audit_args([*base, *bad])
+
+
 def test_audit_slices_writes_files(tiny_checkpoints, tiny_synthetic: Path, tmp_path: Path) -> None:
     ckpt = str(tiny_checkpoints["binary"])
     args = _audit_args(["audit", "slices", "--checkpoint", ckpt, "--manifest",
@@ -264,9 +280,25 @@ def test_audit_slices_writes_files(tiny_checkpoints, tiny_synthetic: Path, tmp_p
     result = run_slices(args)
     assert {p.name for p in tmp_path.iterdir()} == {"slices.json", "slices.md", "slices.png"}
     saved = json.loads((tmp_path / "slices.json").read_text())
-    expected = {"settings", "overall", "subgroup", "slices", "top_slice", "best_slice",
-                "images", "metadata", "note", "subgroup_evaluation"}  # fmt: skip
+    expected = {"settings", "overall", "subgroup", "slices", "top_slice", "best_slice", "images",
+                "metadata", "note", "subgroup_evaluation", "modality_evaluation"}  # fmt: skip
     assert set(saved) == expected
+    modal = saved["modality_evaluation"]
+    assert set(modal["sets"]) == {"image", "text", "metadata", "combined"}
+    assert modal["sets"]["combined"]["modalities"] == ["image", "text", "metadata"]
+    assert all(ev["fit_split"] == "val" for ev in modal["sets"].values())
+    assert modal["modalities"]["metadata"]["columns"] == ["view", "age", "sex"]
+    assert modal["modalities"]["text"]["column"] == "report"
+    for ev in modal["sets"].values():  # slices named by rank, the private arrays left out
+        assert "_resp" not in ev and sum(r["n"] for r in ev["slices"]) == 40
+        assert ev["subgroups"]["anti_correlated"]["n_subgroup"] == 4
+    assert modal["sets"]["image"]["subgroups"] == saved["subgroup_evaluation"]["subgroups"]
+    headline = SlicesAudit().headline(AuditResult("slices", result))
+    assert set(headline["slices_ap"]) == {"image", "text", "metadata", "combined"}
+    assert headline["slices_ap"]["text"] == modal["sets"]["text"]["subgroups"][
+        "anti_correlated"]["average_precision"]  # fmt: skip
+    assert {"enriched", "depleted", "n"} <= set(saved["slices"][0]["description"])
+    assert "| combined | anti_correlated |" in (tmp_path / "slices.md").read_text()
     evaluation = saved["subgroup_evaluation"]
     assert evaluation["fit_split"] == "val" and evaluation["eval_split"] == "test"
     assert set(evaluation["subgroups"]) == {"anti_correlated", "spurious == 1", "spurious == 0"}

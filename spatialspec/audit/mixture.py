@@ -4,6 +4,12 @@
 over the labels Y times a soft Bernoulli over the predictions Ŷ; fitted by EM (log-sum-exp
 E-step, closed-form M-step, seeded restarts). Used by :mod:`spatialspec.audit.slices`, whose
 module docstring explains the choices (γ = γ̂ = 10, soft Ŷ).
+
+Each embedding dimension's Gaussian log-likelihood may carry a weight (``dim_weights``), as the
+label and prediction terms carry γ and γ̂: that is how modality blocks are weighted
+(:mod:`spatialspec.audit.modalities`). Rescaling a dimension could not do it: every component
+learns its own variance per dimension, so a rescaled coordinate only shifts every component's
+log-density by the same constant and leaves the responsibilities unchanged.
 """
 
 from __future__ import annotations
@@ -39,19 +45,24 @@ def _bernoulli_log(target: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return t * np.log(probs)[None] + (1.0 - t) * np.log1p(-probs)[None]
 
 
-def _gaussian_log(z: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """(N, K) log densities of diagonal Gaussians."""
-    prec = 1.0 / variances
+def _gaussian_log(
+    z: np.ndarray, means: np.ndarray, variances: np.ndarray, dim_weights: np.ndarray
+) -> np.ndarray:
+    """(N, K) weighted log densities of diagonal Gaussians: Σ_j w_j log N(z_j | μ_kj, σ²_kj)."""
+    prec = dim_weights[None] / variances  # (K, d)
     quad = (z**2) @ prec.T - 2.0 * z @ (means * prec).T + (means**2 * prec).sum(1)
-    return -0.5 * (z.shape[1] * np.log(2 * np.pi) + np.log(variances).sum(1) + quad)
+    log_norm = (dim_weights[None] * np.log(2 * np.pi * variances)).sum(1)  # (K,)
+    return -0.5 * (log_norm + quad)
 
 
 class ErrorAwareMixture:
     """Domino's error-aware mixture: Gaussian(embedding) × Bernoulli(Y) × Bernoulli(Ŷ).
 
     Maximises, by EM, the mean over images of
-    ``log Σ_k π_k N(z | μ_k, diag σ²_k) P(y | k)^γ P(ŷ | k)^γ̂`` (γ = ``y_weight``,
-    γ̂ = ``y_hat_weight``; 0 and 0 give a plain diagonal Gaussian mixture).
+    ``log Σ_k π_k Π_j N(z_j | μ_kj, σ²_kj)^w_j P(y | k)^γ P(ŷ | k)^γ̂`` (γ = ``y_weight``,
+    γ̂ = ``y_hat_weight``, w = ``dim_weights``; γ = γ̂ = 0 and w = 1 give a plain diagonal
+    Gaussian mixture). The M-step is the same closed form for any positive w (each dimension's
+    term is maximised on its own), so EM still never decreases the objective.
 
     Args:
         n_slices: Mixture components K.
@@ -66,6 +77,8 @@ class ErrorAwareMixture:
             ``confusion_noise`` random responsibility).
         confusion_noise: Noise scale of the ``"confusion"`` initialisation.
         seed: Seeds every initialisation.
+        dim_weights: (d,) positive weight of each dimension's Gaussian log-likelihood
+            (default: 1 each). A weight of 2 counts a dimension as if it were there twice.
 
     Attributes:
         weights_, means_, variances_, y_probs_, y_hat_probs_: Fitted parameters.
@@ -87,6 +100,7 @@ class ErrorAwareMixture:
         init: str = "kmeans",
         confusion_noise: float = 1e-3,
         seed: int = 0,
+        dim_weights: np.ndarray | None = None,
     ) -> None:
         if init not in ("kmeans", "confusion"):
             raise ValueError(f"init must be 'kmeans' or 'confusion', got {init!r}")
@@ -97,11 +111,17 @@ class ErrorAwareMixture:
         self.n_slices, self.y_weight, self.y_hat_weight = n_slices, y_weight, y_hat_weight
         self.reg_covar, self.max_iter, self.tol, self.n_init = reg_covar, max_iter, tol, n_init
         self.init, self.confusion_noise, self.seed = init, confusion_noise, seed
+        if dim_weights is not None:
+            dim_weights = np.asarray(dim_weights, dtype=float).ravel()
+            if not (np.isfinite(dim_weights).all() and (dim_weights > 0).all()):
+                raise ValueError("dim_weights must be finite and positive")
+        self.dim_weights = dim_weights
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> ErrorAwareMixture:
         """Fit to (N, d) coordinates, (N,) labels and (N,) predicted probabilities."""
         z, y, y_hat = self._check(z, y, y_hat)
+        self._dim_weights(z)
         if len(z) < self.n_slices:
             raise ValueError(f"{len(z)} images cannot fill {self.n_slices} slices")
         rng = np.random.default_rng(self.seed)
@@ -149,7 +169,8 @@ class ErrorAwareMixture:
         self, z: np.ndarray, y: np.ndarray, y_hat: np.ndarray, p: _Params
     ) -> tuple[float, np.ndarray]:
         """Mean log normaliser (the objective) and (N, K) log responsibilities."""
-        log_prob = np.log(p.weights)[None] + _gaussian_log(z, p.means, p.variances)
+        gauss = _gaussian_log(z, p.means, p.variances, self._dim_weights(z))
+        log_prob = np.log(p.weights)[None] + gauss
         if self.y_weight:
             log_prob += self.y_weight * _bernoulli_log(y, p.y_probs)
         if self.y_hat_weight:
@@ -180,7 +201,7 @@ class ErrorAwareMixture:
         if self.init == "confusion":
             return self._confusion_resp(y, y_hat, np.random.default_rng(seed))
         extra = [np.sqrt(self.y_weight) * y, np.sqrt(self.y_hat_weight) * y_hat]
-        x = np.column_stack([z, *extra])
+        x = np.column_stack([z * np.sqrt(self._dim_weights(z)), *extra])
         labels = KMeans(self.n_slices, n_init=1, random_state=seed).fit(x).labels_
         return np.eye(self.n_slices)[labels]
 
@@ -196,6 +217,14 @@ class ErrorAwareMixture:
         return resp / resp.sum(axis=1, keepdims=True)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _dim_weights(self, z: np.ndarray) -> np.ndarray:
+        """(d,) weights of the embedding dimensions (ones by default)."""
+        if self.dim_weights is None:
+            return np.ones(z.shape[1])
+        if len(self.dim_weights) != z.shape[1]:
+            raise ValueError(f"{len(self.dim_weights)} dim_weights for {z.shape[1]} dimensions")
+        return self.dim_weights
+
     def _fitted(self) -> _Params:
         if "_params" not in self.__dict__:
             raise RuntimeError("ErrorAwareMixture is not fitted; call fit() first")

@@ -13,27 +13,38 @@ G is the one whose membership has the highest average precision (sklearn's
   the complement, != k);
 - ``n_subgroup`` and ``prevalence`` (the AP of a random ranking), over images where G is known.
 
-Protocol (Domino's): the embedding reduction and the mixture are fitted on the val split and
-applied to the evaluated split (:func:`fit_on_val_apply`), so the slices are not tuned to the
-images they are scored on.
+Protocol (Domino's): the block reduction and the mixture are fitted on the val split and
+applied to the evaluated split (:func:`fit_on_val_apply`, :func:`fit_blocks_on_val_apply`), so
+the slices are not tuned to the images they are scored on.
+
+:func:`evaluate_modality_sets` runs the evaluation once per modality set (``image``, ``text``,
+``metadata`` alone and ``combined``; :mod:`spatialspec.audit.modalities`), ranks each set's
+slices by error gap on the evaluated split and describes them
+(:mod:`spatialspec.audit.describe`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
 from spatialspec.audit.mixture import DEFAULT_WEIGHT, ErrorAwareMixture
+from spatialspec.audit.modalities import Combined, combine_blocks
+from spatialspec.audit.slices_discover import anti_correlated, rank_slices
 
 __all__ = [
     "KS",
+    "SplitData",
+    "evaluate_modality_sets",
     "evaluate_subgroups",
+    "fit_blocks_on_val_apply",
     "fit_on_val_apply",
     "known_subgroups",
     "precision_at_k",
-    "subgroup_evaluation_markdown",
 ]
 
 #: The k of precision-at-k.
@@ -53,8 +64,6 @@ def known_subgroups(
     labels: np.ndarray, spurious: np.ndarray
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Subgroup name → ((N,) membership, (N,) where known), from the spurious attribute."""
-    from spatialspec.audit.slices import anti_correlated
-
     spurious = np.asarray(spurious, float)
     known = np.isfinite(spurious) & (spurious >= 0)
     s = np.where(known, spurious, 0) > 0.5
@@ -124,6 +133,61 @@ def evaluate_subgroups(
     return out
 
 
+@dataclass
+class SplitData:
+    """One split's modality features, labels, predictions and spurious attribute.
+
+    Attributes:
+        blocks: Modality -> (N, D) features.
+        labels: (N,) 0/1 labels.
+        scores: (N,) predicted probabilities.
+        spurious: (N,) spurious attribute, NaN where unknown (None: unknown everywhere).
+    """
+
+    blocks: dict[str, np.ndarray]
+    labels: np.ndarray
+    scores: np.ndarray
+    spurious: np.ndarray | None = None
+
+    def select(self, modalities: tuple[str, ...]) -> SplitData:
+        """The same split with only ``modalities``' blocks."""
+        blocks = {m: self.blocks[m] for m in modalities}
+        return SplitData(blocks, self.labels, self.scores, self.spurious)
+
+
+def fit_blocks_on_val_apply(
+    val: SplitData,
+    test: SplitData,
+    weights: Mapping[str, float] | None = None,
+    *,
+    n_slices: int = 8,
+    n_components: int = 16,
+    y_weight: float = DEFAULT_WEIGHT,
+    y_hat_weight: float = DEFAULT_WEIGHT,
+    seed: int = 0,
+) -> tuple[np.ndarray, Combined, ErrorAwareMixture]:
+    """Fit the block reduction and the mixture on val; (N_test, K) responsibilities on test.
+
+    Every block of ``val.blocks`` is used, weighted by
+    :func:`~spatialspec.audit.modalities.combine_blocks`.
+
+    Raises:
+        ValueError: If val cannot fit the mixture (e.g. fewer images than slices).
+    """
+    test_blocks = {name: test.blocks[name] for name in val.blocks}
+    combined = combine_blocks(val.blocks, test_blocks, weights, n_components, seed)
+    model = ErrorAwareMixture(
+        n_slices,
+        y_weight=y_weight,
+        y_hat_weight=y_hat_weight,
+        seed=seed,
+        dim_weights=combined.dim_weights,
+    )
+    model.fit(combined.z_fit, np.asarray(val.labels, int), np.asarray(val.scores, float))
+    labels, scores = np.asarray(test.labels, int), np.asarray(test.scores, float)
+    return model.predict_proba(combined.z_apply, labels, scores), combined, model
+
+
 def fit_on_val_apply(
     val: tuple[np.ndarray, np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -141,47 +205,108 @@ def fit_on_val_apply(
     Raises:
         ValueError: If val cannot fit the mixture (e.g. fewer images than slices).
     """
-    from spatialspec.audit.slices import reduce_embeddings
-
-    z_val, pipe = reduce_embeddings(val[0], n_components, seed)
-    model = ErrorAwareMixture(
-        n_slices, y_weight=y_weight, y_hat_weight=y_hat_weight, seed=seed
-    ).fit(z_val, np.asarray(val[1], int), np.asarray(val[2], float))
-    z_test = pipe.transform(np.asarray(test[0], float))
-    return model.predict_proba(z_test, np.asarray(test[1], int), np.asarray(test[2], float))
-
-
-_TABLE_KEYS = ("average_precision", "prevalence", "precision_at_10", "precision_at_25",
-               "precision", "recall", "f1")  # fmt: skip
+    resp, _, _ = fit_blocks_on_val_apply(
+        SplitData({"image": val[0]}, val[1], val[2]),
+        SplitData({"image": test[0]}, test[1], test[2]),
+        n_slices=n_slices,
+        n_components=n_components,
+        y_weight=y_weight,
+        y_hat_weight=y_hat_weight,
+        seed=seed,
+    )
+    return resp
 
 
-def _fmt(value: Any) -> str:
-    return "–" if value is None else f"{value:.3f}"
+#: ``describe(assign, names) -> {str(name): description}`` of the evaluated images.
+Describer = Callable[[np.ndarray, list[Any]], dict[str, Any]]
 
 
-def subgroup_evaluation_markdown(evaluation: dict[str, Any] | None) -> list[str]:
-    """Markdown lines: protocol and one table row per subgroup."""
-    if not evaluation:
-        return []
-    lines = [
-        "## Against known subgroups (Domino's evaluation)",
-        "",
-        f"Protocol: {evaluation['protocol']}; slices numbered by their error-gap rank on "
-        f"{evaluation['eval_split']} (of the {evaluation['fit_split']}-fitted mixture, so not "
-        "necessarily the table above's when the two differ). Per subgroup, the slice or its "
-        "complement whose "
-        "membership probability has the highest average precision (AP); P@k: share of the k "
-        "most-member images in the subgroup; precision / recall / F1 of the hard assignment; "
-        "prevalence = AP of a random ranking.",
-        "",
-        "| subgroup | slice | AP | prevalence | P@10 | P@25 | precision | recall | F1 | n |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in evaluation["subgroups"].items():
-        if r is None:
-            lines.append(f"| {name} | – (empty) | – | – | – | – | – | – | – | 0 |")
-            continue
-        which = f"{'not ' if r['complement'] else ''}slice {r['slice']}"
-        cells = [name, which] + [_fmt(r[k]) for k in _TABLE_KEYS]
-        lines.append("| " + " | ".join(cells) + f" | {r['n_subgroup']} |")
-    return lines
+def evaluate_modality_sets(
+    val: SplitData | None,
+    test: SplitData,
+    sets: Mapping[str, tuple[str, ...]],
+    *,
+    weights: Mapping[str, float] | None = None,
+    threshold: float = 0.5,
+    mixture: Mapping[str, Any] | None = None,
+    describe: Describer | None = None,
+    why_not_val: str = "",
+) -> dict[str, dict[str, Any]]:
+    """Domino's evaluation of each modality set's slices on ``test``.
+
+    Args:
+        val: The fit split; None: fit on ``test`` itself (``why_not_val`` says why).
+        test: The evaluated split (its ``spurious`` defines the subgroups).
+        sets: Set name -> its modalities (keys of the blocks), e.g. ``{"combined": ("image",
+            "text", "metadata")}``.
+        weights: Modality -> weight (see :func:`~spatialspec.audit.modalities.combine_blocks`).
+        threshold: Decision threshold of the error rates that rank the slices.
+        mixture: :func:`fit_blocks_on_val_apply` keyword arguments.
+        describe: Describes the slices of the test images (None: not described).
+        why_not_val: Why ``val`` is None (for the protocol).
+
+    Returns:
+        Set name -> ``{modalities, protocol, fit_split, blocks, em, slices, subgroups}``:
+        ``slices`` ranked by error gap on ``test`` (each with its ``description``),
+        ``subgroups`` as :func:`evaluate_subgroups` with slices named by rank, and a private
+        (N, K) ``_resp``. A set whose val fit fails is fitted on ``test``, saying so.
+    """
+    known = test.spurious is not None and np.isfinite(np.asarray(test.spurious, float)).any()
+    groups = known_subgroups(test.labels, test.spurious) if known else {}
+    options = dict(mixture or {})
+    out = {}
+    for name, mods in sets.items():
+        out[name] = _evaluate_set(val, test, mods, weights, threshold, options, why_not_val)
+        _name_and_describe(out[name], test, groups, describe)
+    return out
+
+
+def _evaluate_set(
+    val: SplitData | None,
+    test: SplitData,
+    modalities: tuple[str, ...],
+    weights: Mapping[str, float] | None,
+    threshold: float,
+    mixture: dict[str, Any],
+    why_not_val: str,
+) -> dict[str, Any]:
+    """Fit one modality set on val (else on test, saying why) and apply it to test."""
+    fit, applied = (None if val is None else val.select(modalities)), test.select(modalities)
+    fit_split, protocol = "val", "mixture fitted on val and applied to the evaluated split"
+    try:
+        if fit is None:
+            raise ValueError(why_not_val or "no val split")
+        resp, combined, model = fit_blocks_on_val_apply(fit, applied, weights, **mixture)
+    except ValueError as err:
+        fit_split, protocol = "eval", f"fitted on the evaluated split itself: {err}"
+        resp, combined, model = fit_blocks_on_val_apply(applied, applied, weights, **mixture)
+    return {
+        "modalities": list(modalities),
+        "protocol": protocol,
+        "fit_split": fit_split,
+        "blocks": combined.blocks,
+        "em": {
+            "iterations": model.n_iter_,
+            "converged": model.converged_,
+            "objective": model.objective_,
+        },
+        "slices": rank_slices(resp, test.labels, test.scores, threshold),
+        "_resp": resp,
+    }
+
+
+def _name_and_describe(
+    result: dict[str, Any],
+    test: SplitData,
+    groups: dict[str, tuple[np.ndarray, np.ndarray]],
+    describe: Describer | None,
+) -> None:
+    """Add the subgroup evaluation (slices named by rank) and the descriptions, in place."""
+    resp, rows = result["_resp"], result["slices"]
+    rank_of = {r["component"]: r["rank"] for r in rows}
+    names = [rank_of[k] for k in range(resp.shape[1])]
+    result["subgroups"] = evaluate_subgroups(resp, groups, names) if groups else {}
+    if describe is not None:
+        texts = describe(resp.argmax(axis=1), names)
+        for row in rows:
+            row["description"] = texts.get(str(row["rank"]))

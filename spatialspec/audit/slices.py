@@ -1,70 +1,75 @@
-"""Domino-style slice discovery: where does the model fail, and is that the shortcut?
+"""The ``slices`` audit: Domino-style slice discovery, multimodal, evaluated as Domino.
 
 Domino (Eyuboglu et al., *Domino: Discovering Systematic Errors with Cross-Modal Embeddings*,
-ICLR 2022) fits an *error-aware mixture model* to a model's embeddings together with the labels
-Y and the predictions Ŷ, so that each mixture component — a *slice* — is coherent both in
-embedding space and in the kind of mistake the model makes. Here:
+ICLR 2022) fits an *error-aware mixture model* to embeddings together with the labels Y and the
+predictions Ŷ, so that each mixture component — a *slice* — is coherent both in embedding space
+and in the kind of mistake the model makes. This audit, on one checkpoint and one split:
 
-- **Embeddings** are the global-average-pooled deepest encoder features of the shared U-Net
-  encoder (the same layer for every method; dense methods may use the pooled last decoder
-  features instead, ``features="decoder"``). They are standardised, reduced by PCA to
-  ``n_components`` dimensions and whitened (:func:`reduce_embeddings`).
-- **Mixture** (:class:`ErrorAwareMixture`): ``n_slices`` components, each a diagonal Gaussian
-  over the reduced embeddings times a Bernoulli over Y times a Bernoulli over Ŷ. The Y and Ŷ
-  log-likelihood terms are multiplied by ``y_weight`` and ``y_hat_weight`` (Domino's γ and γ̂).
-  The default here is 10, not the domino package's 1: with a handful of whitened PCA dimensions,
-  each contributing O(1) nats per image, a weight of 10 makes the label and the prediction as
-  loud as the embedding, so a slice does not mix correct and wrong predictions. EM is written
-  out with numpy/scipy (log-sum-exp E-step, closed-form M-step, ``reg_covar`` added to every
-  variance, ``n_init`` seeded restarts, the best objective kept).
-- **Ŷ is soft**: the predicted probability enters as a soft Bernoulli target,
-  ``ŷ log q_k + (1 - ŷ) log(1 - q_k)``, whose M-step (responsibility-weighted mean of ŷ) is
-  exact, so EM never decreases its objective. (Domino's code uses ``log(ŷ q_k + (1-ŷ)(1-q_k))``;
-  the two agree for hard predictions.) Errors used for *ranking* are hard: a prediction is
-  wrong when ``(score >= threshold) != label``, with the threshold chosen on the val split
-  (Youden's J, as in the evaluation report) or given.
-- **Ranking**: every image goes to its most responsible component; slices are ranked by their
-  *error gap*, error rate in the slice minus the overall error rate (Domino ranks components by
-  ``|mean ŷ − mean y|``; that value is reported as ``domino_score``).
-- **Scoring against the shortcut**: where the spurious attribute is known, the anti-correlated
-  subgroup A (positives without the spurious feature ∪ negatives with it) is what a
-  shortcut-reliant model gets wrong. Each slice gets precision ``|slice ∩ A| / |slice|``, recall
-  ``|slice ∩ A| / |A|`` (over images with a known attribute), the same for the union of the
-  top-k slices, and the AUROC of its responsibility as a detector of A.
-- **Domino's evaluation** (:mod:`spatialspec.audit.slice_eval`, key ``subgroup_evaluation``):
-  a mixture fitted on val is applied to the audited split, and for each known subgroup (A,
-  ``spurious == 1``, ``spurious == 0``) the slice or complement with the highest average
-  precision of its membership probability is reported with precision-at-10/25 and the
-  precision / recall / F1 of its hard assignment.
+1. embeds the split's images with the model (:mod:`spatialspec.audit.embeddings`) and fits the
+   mixture (:mod:`spatialspec.audit.mixture`; γ = γ̂ = 10, soft Ŷ) on the split itself, ranking
+   slices by error gap and scoring them against the anti-correlated subgroup
+   (:mod:`spatialspec.audit.slices_discover`; keys ``slices``, ``top_slice``, ``best_slice``);
+2. evaluates slices as Domino does (:mod:`spatialspec.audit.slice_eval`): reduction and mixture
+   fitted on val and applied to the split; per known subgroup (anti-correlated, ``spurious ==
+   1``, ``spurious == 0``) the best slice or complement by average precision, with P@10, P@25
+   and precision / recall / F1 — once per *modality set*: ``image`` (the model's embeddings),
+   ``text`` (a report column, TF-IDF + SVD or a local sentence encoder), ``metadata`` (manifest
+   columns) and ``combined`` (all of them, weighted; :mod:`spatialspec.audit.modalities`);
+   key ``modality_evaluation`` (the image set also as ``subgroup_evaluation``);
+3. describes every slice by the report tokens and metadata values most enriched in it, or
+   depleted, with counts (:mod:`spatialspec.audit.describe`), in place of Domino's CLIP text.
 
-Out of scope: Domino *describes* slices in words by matching them to CLIP text embeddings.
-There is no cross-modal (text) model offline here, so slices are described by their numbers and
-example images only.
+Markdown and figure: :mod:`spatialspec.audit.slices_render`.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.decomposition import PCA
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from spatialspec.audit.base import Audit, AuditResult, fmt, register_audit, write_result
+from spatialspec.audit.describe import describe_slices, indicator_table
+from spatialspec.audit.embeddings import embed, reduce_embeddings
 from spatialspec.audit.mixture import DEFAULT_WEIGHT, ErrorAwareMixture
+from spatialspec.audit.modalities import (
+    DEFAULT_METADATA_COLUMNS,
+    DEFAULT_TEXT_COLUMN,
+    MODALITIES,
+    modality_blocks,
+    parse_modalities,
+    parse_weights,
+)
+from spatialspec.audit.slice_eval import SplitData, evaluate_modality_sets
+from spatialspec.audit.slices_discover import (
+    anti_correlated,
+    discover_slices,
+    fit_slices,
+    rank_slices,
+    subgroup_overlap,
+)
+from spatialspec.audit.slices_render import (
+    image_rows,
+    plot_slices,
+    slices_markdown,
+    top_slice_examples,
+)
 from spatialspec.runinfo import run_metadata
 
 __all__ = [
     "DEFAULT_WEIGHT",
+    "MODALITY_SETS",
     "ErrorAwareMixture",
+    "SlicesAudit",
     "add_slices_parser",
+    "anti_correlated",
     "audit_slices",
     "discover_slices",
     "embed",
@@ -73,354 +78,29 @@ __all__ = [
     "rank_slices",
     "reduce_embeddings",
     "run_slices",
+    "slices_ap",
     "slices_markdown",
     "subgroup_overlap",
     "write_slices",
 ]
 
-#: How many example images of the top slice the figure shows.
-N_EXAMPLES = 8
+#: The modality sets of the evaluation (``combined``: every modality used, weighted).
+MODALITY_SETS = (*MODALITIES, "combined")
 TEXT_NOTE = (
-    "Slice descriptions in words (Domino matches slices to CLIP text embeddings) are out of "
-    "scope offline: slices are described by their statistics and example images only."
+    "Domino names slices with CLIP text embeddings; offline, each slice is described by the "
+    "report tokens and metadata values most enriched in it (or depleted), with counts."
 )
 
 
-# --------------------------------------------------------------------------- embeddings
+@dataclass
+class _Split:
+    """A split's model outputs and manifest rows."""
 
-
-def _pool(output: Any) -> torch.Tensor:
-    """(B, F) global average of a feature map (the deepest one if a list of maps)."""
-    fmap = output[-1] if isinstance(output, (list, tuple)) else output
-    return fmap.float().mean(dim=(-2, -1))
-
-
-@torch.inference_mode()
-def embed(
-    method: torch.nn.Module, images: torch.Tensor, batch_size: int = 64, features: str = "encoder"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and scores of ``images`` in one forward pass per batch.
-
-    A forward hook on the method's encoder (or decoder) catches the features that
-    ``method.score`` computes anyway.
-
-    Args:
-        method: A trained :class:`~spatialspec.methods.SpatialMethod` with a ``net``.
-        images: (N, C, S, S) network inputs.
-        batch_size: Images per forward pass.
-        features: ``"encoder"`` (pooled deepest encoder features, every method) or
-            ``"decoder"`` (pooled last decoder features, dense methods only).
-
-    Returns:
-        (N, D) float embeddings and (N,) image-level probabilities.
-    """
-    module = _feature_module(method, features)
-    caught: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: caught.append(_pool(out)))
-    device = next(method.parameters()).device
-    method.eval()
-    embeddings, scores = [], []
-    try:
-        for batch in images.split(batch_size):
-            caught.clear()
-            scores.append(method.score(batch.to(device)).float().cpu())
-            if not caught:
-                raise RuntimeError(f"method.score never ran the {features}")
-            embeddings.append(caught[-1].cpu())
-    finally:
-        handle.remove()
-    return torch.cat(embeddings).double().numpy(), torch.cat(scores).double().numpy()
-
-
-def _feature_module(method: torch.nn.Module, features: str) -> torch.nn.Module:
-    """The sub-module whose output is pooled into embeddings."""
-    if features not in ("encoder", "decoder"):
-        raise ValueError(f"features must be 'encoder' or 'decoder', got {features!r}")
-    module = getattr(method.net, features, None)
-    if module is None:
-        raise ValueError(f"this method's network has no {features}; use features='encoder'")
-    return module
-
-
-def reduce_embeddings(
-    embeddings: np.ndarray, n_components: int = 16, seed: int = 0
-) -> tuple[np.ndarray, Any]:
-    """Standardise, PCA-reduce and whiten embeddings.
-
-    Args:
-        embeddings: (N, D) features.
-        n_components: PCA dimensions (capped at ``min(N - 1, D)``).
-        seed: PCA's random state (randomised solvers only).
-
-    Returns:
-        (N, d) coordinates with unit variance per dimension, and the fitted sklearn pipeline.
-    """
-    x = np.asarray(embeddings, dtype=float)
-    d = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
-    pipe = make_pipeline(StandardScaler(), PCA(n_components=d, whiten=True, random_state=seed))
-    return pipe.fit_transform(x), pipe
-
-
-def fit_slices(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    scores: np.ndarray,
-    *,
-    n_slices: int = 8,
-    n_components: int = 16,
-    y_weight: float = DEFAULT_WEIGHT,
-    y_hat_weight: float = DEFAULT_WEIGHT,
-    seed: int = 0,
-    **mixture_args: Any,
-) -> tuple[ErrorAwareMixture, np.ndarray, np.ndarray]:
-    """Reduce embeddings and fit the error-aware mixture.
-
-    Returns:
-        The fitted mixture, the (N, d) reduced coordinates and the (N, K) responsibilities.
-    """
-    z, _ = reduce_embeddings(embeddings, n_components, seed)
-    model = ErrorAwareMixture(
-        n_slices, y_weight=y_weight, y_hat_weight=y_hat_weight, seed=seed, **mixture_args
-    ).fit(z, labels, scores)
-    return model, z, model.predict_proba(z, labels, scores)
-
-
-# --------------------------------------------------------------------------- ranking
-
-
-def subgroup_overlap(
-    members: np.ndarray, subgroup: np.ndarray, known: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Precision and recall of a slice against a subgroup, over images where it is known.
-
-    Args:
-        members: (N,) bool, in the slice.
-        subgroup: (N,) bool, in the subgroup (e.g. the anti-correlated one).
-        known: (N,) bool, subgroup membership known (default: all).
-
-    Returns:
-        ``n_slice`` and ``n_subgroup`` (known images), ``n_overlap``, ``precision`` and
-        ``recall`` (None when undefined), ``f1``.
-    """
-    known = np.ones(len(members), bool) if known is None else np.asarray(known, bool)
-    m, s = np.asarray(members, bool) & known, np.asarray(subgroup, bool) & known
-    n_slice, n_sub, n_both = int(m.sum()), int(s.sum()), int((m & s).sum())
-    precision = n_both / n_slice if n_slice else None
-    recall = n_both / n_sub if n_sub else None
-    f1 = 2 * n_both / (n_slice + n_sub) if n_slice + n_sub else None
-    return {
-        "n_slice": n_slice,
-        "n_subgroup": n_sub,
-        "n_overlap": n_both,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-    }
-
-
-def _slice_row(
-    k: int, members: np.ndarray, labels: np.ndarray, scores: np.ndarray, wrong: np.ndarray
-) -> dict[str, Any]:
-    """Size, label mix and errors of one slice (statistics None when it is empty)."""
-    n = int(members.sum())
-    row: dict[str, Any] = {"component": k, "n": n, "fraction": n / len(members)}
-    if not n:
-        return {
-            **row,
-            "n_positive": 0,
-            "positive_rate": None,
-            "mean_score": None,
-            "error_rate": None,
-            "soft_error": None,
-        }
-    return {
-        **row,
-        "n_positive": int(labels[members].sum()),
-        "positive_rate": float(labels[members].mean()),
-        "mean_score": float(scores[members].mean()),
-        "error_rate": float(wrong[members].mean()),
-        "soft_error": float(np.abs(labels[members] - scores[members]).mean()),
-    }
-
-
-def rank_slices(
-    resp: np.ndarray,
-    labels: np.ndarray,
-    scores: np.ndarray,
-    threshold: float = 0.5,
-    subgroup: np.ndarray | None = None,
-    known: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Slices (hard assignment: argmax responsibility) ranked by error gap, largest first.
-
-    Args:
-        resp: (N, K) responsibilities.
-        labels: (N,) 0/1 labels.
-        scores: (N,) predicted probabilities.
-        threshold: A prediction is positive where ``score >= threshold``.
-        subgroup: (N,) bool subgroup to score slices against (e.g. anti-correlated), or None.
-        known: (N,) bool, where subgroup membership is known.
-
-    Returns:
-        One dict per component, with ``rank`` (1 = largest error gap; empty slices last),
-        ``error_gap``, and with a subgroup: precision/recall/F1 of the slice and of the union of
-        the slices up to it (``cumulative``), and the ``auroc`` of its responsibility.
-    """
-    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
-    wrong = (scores >= threshold).astype(int) != labels
-    assign = resp.argmax(axis=1)
-    overall = float(wrong.mean())
-    rows = [_slice_row(k, assign == k, labels, scores, wrong) for k in range(resp.shape[1])]
-    for row in rows:
-        row["error_gap"] = None if row["n"] == 0 else row["error_rate"] - overall
-    rows.sort(key=lambda r: (r["error_gap"] is None, -(r["error_gap"] or 0.0), -r["n"]))
-    union = np.zeros(len(labels), bool)
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-        if subgroup is not None:
-            members = assign == row["component"]
-            union |= members
-            row["subgroup"] = subgroup_overlap(members, subgroup, known)
-            row["cumulative"] = subgroup_overlap(union, subgroup, known)
-            row["auroc"] = _detector_auroc(resp[:, row["component"]], subgroup, known)
-    return rows
-
-
-def _detector_auroc(
-    resp: np.ndarray, subgroup: np.ndarray, known: np.ndarray | None
-) -> float | None:
-    """AUROC of a responsibility column as a detector of the subgroup (None: one class)."""
-    keep = np.ones(len(resp), bool) if known is None else np.asarray(known, bool)
-    target = np.asarray(subgroup, bool)[keep]
-    if target.all() or not target.any():
-        return None
-    return float(roc_auc_score(target, resp[keep]))
-
-
-def anti_correlated(labels: np.ndarray, spurious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) anti-correlated subgroup (positives without ∪ negatives with) and where known."""
-    spurious = np.asarray(spurious, float)
-    known = np.isfinite(spurious) & (spurious >= 0)
-    s = np.where(known, spurious, 0) > 0.5
-    y = np.asarray(labels, int) == 1
-    return known & ((y & ~s) | (~y & s)), known
-
-
-def discover_slices(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    scores: np.ndarray,
-    spurious: np.ndarray | None = None,
-    *,
-    threshold: float = 0.5,
-    n_slices: int = 8,
-    n_components: int = 16,
-    y_weight: float = DEFAULT_WEIGHT,
-    y_hat_weight: float = DEFAULT_WEIGHT,
-    seed: int = 0,
-    **mixture_args: Any,
-) -> dict[str, Any]:
-    """Fit, rank and score slices from arrays (no model needed).
-
-    Args:
-        embeddings: (N, D) features.
-        labels: (N,) 0/1 labels.
-        scores: (N,) predicted probabilities (the soft Ŷ).
-        spurious: (N,) spurious attribute, NaN where unknown; None: not scored.
-        threshold: Decision threshold for the error rates.
-        n_slices, n_components, y_weight, y_hat_weight, seed: See :class:`ErrorAwareMixture`
-            and :func:`reduce_embeddings`.
-        **mixture_args: More :class:`ErrorAwareMixture` arguments.
-
-    Returns:
-        JSON-ready dict: ``settings``, ``overall``, ranked ``slices``, ``top_slice``,
-        ``best_slice`` (highest F1 against the anti-correlated subgroup — an oracle view), and
-        private ``_assign`` / ``_resp`` / ``_coords`` arrays (dropped from JSON).
-    """
-    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
-    model, z, resp = fit_slices(
-        embeddings,
-        labels,
-        scores,
-        n_slices=n_slices,
-        n_components=n_components,
-        y_weight=y_weight,
-        y_hat_weight=y_hat_weight,
-        seed=seed,
-        **mixture_args,
-    )
-    subgroup, known = (None, None) if spurious is None else anti_correlated(labels, spurious)
-    rows = rank_slices(resp, labels, scores, threshold, subgroup, known)
-    for row in rows:
-        k = row["component"]
-        row["domino_score"] = float(abs(model.y_hat_probs_[k] - model.y_probs_[k]))
-    wrong = (scores >= threshold).astype(int) != labels
-    result = {
-        "settings": _settings(model, z, threshold, n_components),
-        "overall": {
-            "n": len(labels),
-            "n_positive": int(labels.sum()),
-            "error_rate": float(wrong.mean()),
-            "soft_error": float(np.abs(labels - scores).mean()),
-        },
-        "subgroup": _subgroup_info(subgroup, known),
-        "slices": rows,
-        "top_slice": _slice_brief(rows[0]),
-        "best_slice": _best(rows) if subgroup is not None else None,
-    }
-    rank_of = {r["component"]: r["rank"] for r in rows}
-    result["_assign"] = np.array([rank_of[k] for k in resp.argmax(axis=1)])
-    result["_resp"], result["_coords"] = resp, z
-    return result
-
-
-def _settings(model: ErrorAwareMixture, z: np.ndarray, threshold: float, asked: int) -> dict:
-    return {
-        "n_slices": model.n_slices,
-        "n_components": int(z.shape[1]),
-        "n_components_requested": asked,
-        "y_weight": model.y_weight,
-        "y_hat_weight": model.y_hat_weight,
-        "reg_covar": model.reg_covar,
-        "n_init": model.n_init,
-        "init": model.init,
-        "seed": model.seed,
-        "threshold": float(threshold),
-        "em_iterations": model.n_iter_,
-        "em_converged": model.converged_,
-        "objective": model.objective_,
-        "y_hat": "soft (predicted probability as a Bernoulli target)",
-        "assignment": "hard (argmax responsibility)",
-        "ranking": "error gap: slice error rate at the threshold minus the overall error rate",
-    }
-
-
-def _subgroup_info(subgroup: np.ndarray | None, known: np.ndarray | None) -> dict | None:
-    if subgroup is None:
-        return None
-    return {
-        "name": "positives without the spurious feature + negatives with it",
-        "n": int(subgroup.sum()),
-        "n_known": int(known.sum()),
-    }
-
-
-def _slice_brief(row: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of one slice."""
-    keys = ("rank", "component", "n", "error_rate", "error_gap", "positive_rate", "auroc")
-    brief = {k: row.get(k) for k in keys}
-    if "subgroup" in row:
-        brief.update({k: row["subgroup"][k] for k in ("precision", "recall", "f1")})
-    return brief
-
-
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The slice with the highest F1 against the subgroup."""
-    scored = [r for r in rows if r["subgroup"]["f1"] is not None]
-    return _slice_brief(max(scored, key=lambda r: r["subgroup"]["f1"])) if scored else None
-
-
-# --------------------------------------------------------------------------- audit
+    embeddings: np.ndarray  # (N, D)
+    labels: np.ndarray  # (N,)
+    scores: np.ndarray  # (N,)
+    spurious: np.ndarray  # (N,), NaN where unknown
+    frame: pd.DataFrame
 
 
 def audit_slices(
@@ -437,50 +117,77 @@ def audit_slices(
     threshold: float | str = "val",
     features: str = "encoder",
     batch_size: int = 64,
+    modalities: str | Sequence[str] = MODALITIES,
+    modality_weights: str | Mapping[str, float] | None = None,
+    metadata_columns: Sequence[str] | None = None,
+    text_column: str | None = None,
+    text_encoder: str | Path | None = None,
+    describe_min_count: int = 5,
 ) -> dict[str, Any]:
-    """Discover the slices where a checkpoint fails on ``split``.
+    """Discover the slices where a checkpoint fails on ``split``, in every modality.
 
     Args:
         checkpoint: A spatialspec checkpoint.
         manifest: Data to audit (default: the run's own manifest).
         split: Split to embed and slice.
         n_slices: Mixture components (every one is a candidate slice).
-        n_components: PCA dimensions of the embeddings.
+        n_components: PCA dimensions of each modality block (and the weights' total, see
+            :func:`~spatialspec.audit.modalities.combine_blocks`).
         y_weight: γ, weight of the label term.
         y_hat_weight: γ̂, weight of the prediction term.
         limit: Use a seeded random subset of this many images.
-        seed: Subset, PCA and EM seed.
+        seed: Subset, PCA, SVD and EM seed.
         threshold: ``"val"`` (Youden's J on the val split; 0.5 if val has one class) or a
             number.
         features: ``"encoder"`` or ``"decoder"`` (dense methods), see :func:`embed`.
         batch_size: Images per forward pass.
+        modalities: Modalities evaluated alone and mixed into ``combined``
+            (``"image,text,metadata"``); unavailable ones are skipped and reported.
+        modality_weights: ``"image=1,text=1,metadata=1"`` or a mapping (shares of the mixture's
+            embedding term).
+        metadata_columns: Metadata columns (None: ``view``, ``age``, ``sex`` where present).
+        text_column: Report column (None: ``report`` where present).
+        text_encoder: Folder of a local sentence encoder (None: TF-IDF + SVD).
+        describe_min_count: The describer's minimum count of an indicator.
 
     Returns:
-        :func:`discover_slices`'s dict plus ``metadata``, per-image ``images`` rows,
-        ``subgroup_evaluation`` (Domino's evaluation, mixture fitted on val; None without a
-        known spurious attribute) and a private ``_examples`` (top slice's images).
+        :func:`discover_slices`'s dict (image embeddings, fitted on ``split``) plus
+        ``metadata``, per-image ``images`` rows, ``modality_evaluation`` (Domino's evaluation
+        per modality set), ``subgroup_evaluation`` (its image set), a ``description`` per
+        slice, and private ``_examples`` (the top slice's images).
     """
     from spatialspec.audit.common import load_audit_set, load_model
 
     method, config, data = load_model(checkpoint, manifest)
     audit = load_audit_set(data, split, limit, seed)
     embeddings, scores = embed(method, audit.images, batch_size, features)
-    val = _val_embeddings(method, data, split, batch_size, features, threshold)
-    thr, source = _threshold(threshold, method, data, batch_size, val)
-    result = discover_slices(
-        embeddings,
-        audit.labels,
-        scores,
-        audit.spurious,
-        threshold=thr,
-        n_slices=n_slices,
-        n_components=n_components,
-        y_weight=y_weight,
-        y_hat_weight=y_hat_weight,
-        seed=seed,
+    test = _Split(embeddings, audit.labels, scores, audit.spurious, audit.frame)
+    val = _val_split(method, data, split, batch_size, features, threshold)
+    thr, source = _threshold(threshold, val)
+    mixture = {
+        "n_slices": n_slices,
+        "n_components": n_components,
+        "y_weight": y_weight,
+        "y_hat_weight": y_hat_weight,
+        "seed": seed,
+    }
+    options = {
+        "modalities": parse_modalities(modalities),
+        "weights": parse_weights(modality_weights),
+        "metadata_columns": metadata_columns,
+        "text_column": text_column,
+        "text_encoder": text_encoder,
+        "min_count": describe_min_count,
+        "features": features,
+    }
+    with threadpool_limits(limits=1):  # small arrays: BLAS/OpenMP threads cost more than they give
+        result = _slice(test, val if split != "val" else None, split, thr, mixture, options)
+    result["settings"].update(
+        threshold_source=source,
+        features=features,
+        split=split,
+        embedding_dim=int(embeddings.shape[1]),
     )
-    result["settings"].update(threshold_source=source, features=features, split=split)
-    result["settings"]["embedding_dim"] = int(embeddings.shape[1])
     result["metadata"] = run_metadata(
         checkpoint=str(checkpoint),
         method=config.get("method"),
@@ -488,26 +195,40 @@ def audit_slices(
         split=split,
         limit=limit,
     )
-    mixture = {"n_slices": n_slices, "n_components": n_components, "y_weight": y_weight,
-               "y_hat_weight": y_hat_weight, "seed": seed}  # fmt: skip
-    result["subgroup_evaluation"] = _subgroup_evaluation(
-        result, (embeddings, audit.labels, scores), audit.spurious, val, split, thr, mixture
-    )
-    result["images"] = _image_rows(result, audit.image_ids, audit.labels, scores, audit.spurious)
-    result["_examples"] = _examples(result, audit.images, audit.image_ids)
+    result["images"] = image_rows(result, audit.image_ids, audit.labels, scores, audit.spurious)
+    result["_examples"] = top_slice_examples(result, audit.images, audit.image_ids)
     result["note"] = TEXT_NOTE
     return result
 
 
-def _val_embeddings(
+def _slice(
+    test: _Split,
+    val: _Split | None,
+    split: str,
+    threshold: float,
+    mixture: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The image slices fitted on ``split``, the evaluation per modality set, descriptions."""
+    result = discover_slices(
+        test.embeddings, test.labels, test.scores, test.spurious, threshold=threshold, **mixture
+    )
+    evaluation, describe = _modality_evaluation(test, val, split, threshold, mixture, options)
+    result["modality_evaluation"] = evaluation
+    result["subgroup_evaluation"] = _image_evaluation(evaluation, split)
+    _describe_main(result, describe)
+    return result
+
+
+def _val_split(
     method: torch.nn.Module,
     data: Any,
     split: str,
     batch_size: int,
     features: str,
     threshold: float | str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Val embeddings, labels, scores and spurious attribute (one pass for threshold and fit).
+) -> _Split | None:
+    """Val embeddings, labels, scores, attribute and rows (one pass for threshold and fit).
 
     None when neither the threshold nor the val-fitted evaluation needs val, or when val is
     empty and the threshold is given.
@@ -523,273 +244,146 @@ def _val_embeddings(
             raise
         return None
     emb, scores = embed(method, val.images, batch_size, features)
-    return emb, val.labels, scores, val.spurious
+    return _Split(emb, val.labels, scores, val.spurious, val.frame)
 
 
-def _threshold(
-    threshold: float | str,
-    method: torch.nn.Module,
-    data: Any,
-    batch_size: int,
-    val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[float, str]:
-    """The decision threshold and where it came from (``val``: precomputed val arrays)."""
+def _threshold(threshold: float | str, val: _Split | None) -> tuple[float, str]:
+    """The decision threshold and where it came from."""
     if threshold != "val":
         return float(threshold), "given"
     from spatialspec.evaluation.report import choose_threshold
 
-    if val is None:
-        val = _val_embeddings(method, data, "", batch_size, "encoder", threshold)
-    _, labels, scores, _ = val
-    if len(np.unique(labels)) < 2:
+    if val is None or len(np.unique(val.labels)) < 2:
         return 0.5, "fixed 0.5 (val has one class)"
-    return choose_threshold(scores, labels), "val (Youden's J)"
+    return choose_threshold(val.scores, val.labels), "val (Youden's J)"
 
 
-def _subgroup_evaluation(
-    result: dict[str, Any],
-    test: tuple[np.ndarray, np.ndarray, np.ndarray],
-    spurious: np.ndarray,
-    val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+def _modality_evaluation(
+    test: _Split,
+    val: _Split | None,
     split: str,
     threshold: float,
     mixture: dict[str, Any],
-) -> dict[str, Any] | None:
-    """Domino's evaluation (:mod:`spatialspec.audit.slice_eval`) of the split's slices.
-
-    The mixture is refitted on val and applied to ``split`` (Domino's protocol); if that is not
-    possible (``split`` is val, or val cannot fill the slices) the slices fitted on ``split``
-    itself are evaluated and the protocol says why. Slices are named by their rank (error gap
-    on ``split``, as in the main table, but of the mixture that is evaluated).
-    """
-    from spatialspec.audit.slice_eval import evaluate_subgroups, fit_on_val_apply, known_subgroups
-
-    labels, scores = np.asarray(test[1], int), np.asarray(test[2], float)
-    if not np.isfinite(np.asarray(spurious, float)).any():
-        return None
-    resp, why = None, ""
-    if val is None or split == "val":
-        why = f"the audited split is val, so the slices were fitted on {split} itself"
-    else:
-        try:
-            resp = fit_on_val_apply(val[:3], test, **mixture)
-        except ValueError as err:
-            why = f"the val fit failed ({err}); slices fitted on {split} itself"
-    if resp is None:
-        resp, protocol, fit_split = result["_resp"], why, split
-    else:
-        protocol, fit_split = f"mixture fitted on val and applied to {split} (Domino's)", "val"
-    rows = rank_slices(resp, labels, scores, threshold)
-    rank_of = {r["component"]: r["rank"] for r in rows}
-    names = [rank_of[k] for k in range(resp.shape[1])]
+    options: dict[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Domino's evaluation per modality set, and the describer of the split's slices."""
+    mods = options["modalities"]
+    fit = val if val is not None else test
+    fit_blocks, apply_blocks, info = modality_blocks(
+        fit.frame,
+        test.frame,
+        mods,
+        metadata_columns=options["metadata_columns"],
+        text_column=options["text_column"],
+        text_encoder=options["text_encoder"],
+        n_components=mixture["n_components"],
+        seed=mixture["seed"],
+    )
+    if "image" in mods:
+        fit_blocks["image"], apply_blocks["image"] = fit.embeddings, test.embeddings
+        info["image"] = {
+            "status": "used",
+            "features": options["features"],
+            "embedding_dim": int(test.embeddings.shape[1]),
+        }
+    used = [m for m in MODALITIES if m in apply_blocks]
+    sets = {m: (m,) for m in used}
+    if len(used) > 1:
+        sets["combined"] = tuple(used)
+    describe = _describer(test.frame, info, options)
+    why = "" if val is not None else f"the audited split is {split}, so there is no other to fit on"
+    fit_data = None if val is None else SplitData(fit_blocks, val.labels, val.scores)
+    evaluated = evaluate_modality_sets(
+        fit_data,
+        SplitData(apply_blocks, test.labels, test.scores, test.spurious),
+        sets,
+        weights=options["weights"],
+        threshold=threshold,
+        mixture=mixture,
+        describe=describe,
+        why_not_val=why,
+    )
     return {
-        "protocol": protocol,
-        "fit_split": fit_split,
+        "protocol": "reduction and mixture fitted on val, applied to the audited split (Domino's)"
+        if val is not None
+        else f"fitted on the audited split itself: {why}",
+        "eval_split": split,
+        "weights": {m: options["weights"].get(m, 1.0) for m in used},
+        "modalities": {m: info[m] for m in MODALITIES if m in info},
+        "sets": evaluated,
+        "describer": {
+            "min_count": options["min_count"],
+            "text_column": describe.text_column,
+            "metadata_columns": describe.metadata_columns,
+        },
+    }, describe
+
+
+class _Describer:
+    """``describe(assign, names)`` of the audited split's rows (:func:`describe_slices`)."""
+
+    def __init__(
+        self, frame: pd.DataFrame, text_column: str | None, columns: list[str], min_count: int
+    ) -> None:
+        self.text_column, self.metadata_columns, self.min_count = text_column, columns, min_count
+        self.indicators = indicator_table(frame, text_column, columns, min_count=min_count)
+
+    def __call__(self, assign: np.ndarray, names: list[Any]) -> dict[str, Any]:
+        return describe_slices(self.indicators, assign, names, min_count=self.min_count)
+
+
+def _describer(frame: pd.DataFrame, info: dict[str, Any], options: dict[str, Any]) -> _Describer:
+    """The describer over the report column and metadata columns the manifest has."""
+    text = options["text_column"] or DEFAULT_TEXT_COLUMN
+    text = text if text in frame.columns else None
+    meta = info.get("metadata", {})
+    columns = meta.get("columns") or options["metadata_columns"] or DEFAULT_METADATA_COLUMNS
+    columns = [c for c in columns if c in frame.columns]
+    return _Describer(frame, text, columns, options["min_count"])
+
+
+def _image_evaluation(evaluation: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """The image set's evaluation in the shape of the ``subgroup_evaluation`` key."""
+    image = evaluation["sets"].get("image")
+    if image is None or not image["subgroups"]:
+        return None
+    fitted_on_val = image["fit_split"] == "val"
+    return {
+        "protocol": f"mixture fitted on val and applied to {split} (Domino's)"
+        if fitted_on_val
+        else image["protocol"],
+        "fit_split": "val" if fitted_on_val else split,
         "eval_split": split,
         "slice": "rank by error gap on the evaluated split, of the evaluated mixture",
-        "subgroups": evaluate_subgroups(resp, known_subgroups(labels, spurious), names),
+        "subgroups": image["subgroups"],
     }
 
 
-def _image_rows(
-    result: dict[str, Any],
-    ids: list[str],
-    labels: np.ndarray,
-    scores: np.ndarray,
-    spurious: np.ndarray,
-) -> list[dict[str, Any]]:
-    """One row per image: slice rank, its responsibility, the first two PCA coordinates."""
-    resp, coords, ranks = result["_resp"], result["_coords"], result["_assign"]
-    subgroup, known = anti_correlated(labels, spurious)
-    pcs = np.pad(coords[:, :2], ((0, 0), (0, max(0, 2 - coords.shape[1]))))
-    return [
-        {
-            "image_id": ids[i],
-            "label": int(labels[i]),
-            "spurious": float(spurious[i]) if known[i] else None,
-            "score": float(scores[i]),
-            "slice": int(ranks[i]),
-            "responsibility": float(resp[i].max()),
-            "anti_correlated": bool(subgroup[i]) if known[i] else None,
-            "pc1": float(pcs[i, 0]),
-            "pc2": float(pcs[i, 1]),
-        }
-        for i in range(len(ids))
-    ]
+def _describe_main(result: dict[str, Any], describe: _Describer) -> None:
+    """Describe the main table's slices (fitted on the audited split), in place."""
+    k = len(result["slices"])
+    texts = describe(result["_assign"] - 1, list(range(1, k + 1)))
+    for row in result["slices"]:
+        row["description"] = texts.get(str(row["rank"]))
 
 
-def _examples(result: dict[str, Any], images: torch.Tensor, ids: list[str]) -> dict[str, Any]:
-    """Up to :data:`N_EXAMPLES` images of the top slice, most responsible first."""
-    top = result["slices"][0]["component"]
-    resp = result["_resp"][:, top]
-    members = np.flatnonzero(result["_assign"] == 1)
-    chosen = members[np.argsort(-resp[members], kind="stable")][:N_EXAMPLES]
-    return {
-        "index": chosen,
-        "images": images[chosen].float().numpy(),
-        "image_ids": [ids[i] for i in chosen],
-    }
+def slices_ap(result: Mapping[str, Any], subgroup: str = "anti_correlated") -> dict[str, Any]:
+    """Modality set -> AP of the best slice or complement for ``subgroup`` (None: not run)."""
+    sets = (result.get("modality_evaluation") or {}).get("sets", {})
+    out: dict[str, Any] = {}
+    for name in MODALITY_SETS:
+        best = (sets.get(name) or {}).get("subgroups", {}).get(subgroup)
+        out[name] = None if best is None else best["average_precision"]
+    return out
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def slices_markdown(result: dict[str, Any]) -> str:
-    """The slice report as Markdown: settings, ranked slices, the shortcut check."""
-    s, o = result["settings"], result["overall"]
-    lines = [
-        "# Slice discovery (Domino-style error-aware mixture)",
-        "",
-        f"- {o['n']} images ({o['n_positive']} positive), split `{s.get('split', '?')}`; "
-        f"overall error rate {_fmt(o['error_rate'])} at threshold {s['threshold']:.3f} "
-        f"({s.get('threshold_source', 'given')})",
-        f"- {s['n_slices']} slices over {s['n_components']} whitened PCA dimensions of the "
-        f"{s.get('features', 'encoder')} embeddings; γ (label) = {s['y_weight']:g}, "
-        f"γ̂ (prediction) = {s['y_hat_weight']:g}; EM {s['em_iterations']} iterations "
-        f"({'converged' if s['em_converged'] else 'not converged'}), {s['n_init']} inits",
-        "- ranked by error gap (slice error rate − overall error rate); Ŷ enters the mixture as "
-        "the soft predicted probability",
-        *_subgroup_lines(result),
-        "",
-        *_slice_table(result),
-        "",
-        *_evaluation_lines(result),
-        TEXT_NOTE,
-    ]
-    meta = result.get("metadata")
-    if meta:
-        lines += [
-            "",
-            f"Checkpoint `{meta.get('checkpoint')}`, git commit "
-            f"`{meta.get('git_commit')}`, created {meta.get('created')}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _evaluation_lines(result: dict[str, Any]) -> list[str]:
-    from spatialspec.audit.slice_eval import subgroup_evaluation_markdown
-
-    lines = subgroup_evaluation_markdown(result.get("subgroup_evaluation"))
-    return [*lines, ""] if lines else []
-
-
-def _subgroup_lines(result: dict[str, Any]) -> list[str]:
-    sub = result.get("subgroup")
-    if not sub:
-        return ["- spurious attribute unknown: slices are not scored against the shortcut"]
-    top, best = result["top_slice"], result["best_slice"] or {}
-    return [
-        f"- anti-correlated subgroup A ({sub['name']}): {sub['n']} of {sub['n_known']} images "
-        "with a known attribute",
-        f"- **top slice**: precision {_fmt(top.get('precision'))}, recall "
-        f"{_fmt(top.get('recall'))} for A (AUROC of its responsibility "
-        f"{_fmt(top.get('auroc'))})",
-        f"- best-matching slice (rank {best.get('rank', '–')}, highest F1 — an oracle view): "
-        f"precision {_fmt(best.get('precision'))}, recall {_fmt(best.get('recall'))}",
-    ]
-
-
-def _slice_table(result: dict[str, Any]) -> list[str]:
-    scored = result.get("subgroup") is not None
-    head = "| rank | n | positives | mean score | error rate | error gap |"
-    rule = "|---:|---:|---:|---:|---:|---:|"
-    if scored:
-        head += " precision A | recall A | cum. recall A | AUROC A |"
-        rule += "---:|---:|---:|---:|"
-    lines = [head, rule]
-    for r in result["slices"]:
-        cells = [
-            str(r["rank"]),
-            str(r["n"]),
-            str(r["n_positive"]),
-            _fmt(r["mean_score"]),
-            _fmt(r["error_rate"]),
-            _fmt(r["error_gap"]),
-        ]
-        if scored:
-            cells += [
-                _fmt(r["subgroup"]["precision"]),
-                _fmt(r["subgroup"]["recall"]),
-                _fmt(r["cumulative"]["recall"]),
-                _fmt(r["auroc"]),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def plot_slices(result: dict[str, Any], examples: dict[str, Any] | None = None) -> bytes:
-    """PNG bytes: PCA scatter coloured by slice (A circled) and the top slice's examples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_ex = 0 if examples is None else len(examples["index"])
-    fig = plt.figure(figsize=(6.5 + (3.2 if n_ex else 0), 5.0), dpi=110)
-    grid = fig.add_gridspec(4, 6 if n_ex else 4)
-    _scatter(fig.add_subplot(grid[:, :4]), result)
-    for j in range(n_ex):
-        ax = fig.add_subplot(grid[j // 2, 4 + j % 2])
-        _example(ax, examples["images"][j], result["images"][examples["index"][j]])
-    if n_ex:
-        fig.text(0.83, 0.98, "top slice, most responsible first", ha="center", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _scatter(ax: Any, result: dict[str, Any]) -> None:
-    """PC1/PC2 of the embeddings, one colour per slice rank, A circled in black."""
-    import matplotlib
-
-    rows = result.get("images") or []
-    if not rows:
-        ax.text(0.5, 0.5, "no per-image rows", ha="center", transform=ax.transAxes)
-        return
-    pc = np.array([[r["pc1"], r["pc2"]] for r in rows])
-    rank = np.array([r["slice"] for r in rows])
-    cmap = matplotlib.colormaps["tab10"]
-    for k in np.unique(rank)[::-1]:  # the top slice drawn last, on top
-        sel = rank == k
-        ax.scatter(*pc[sel].T, s=7, color=cmap((k - 1) % 10), label=f"slice {k}", alpha=0.7)
-    anti = np.array([bool(r["anti_correlated"]) for r in rows])
-    if anti.any():
-        ax.scatter(
-            *pc[anti].T,
-            s=26,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=0.6,
-            label="anti-correlated (A)",
-        )
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
-    handles, labels = ax.get_legend_handles_labels()
-    n = len(np.unique(rank))  # slices were drawn in reverse rank order
-    order = [*range(n - 1, -1, -1), *range(n, len(handles))]
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=6, loc="best")
-    ax.set_title("embeddings by slice (rank 1 = largest error gap)", fontsize=9)
-
-
-def _example(ax: Any, image: np.ndarray, row: dict[str, Any]) -> None:
-    """One example image titled with label, score and spurious attribute."""
-    img = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-    if img.ndim == 3:
-        img = (img - img.min()) / max(float(np.ptp(img)), 1e-8)
-    ax.imshow(img, cmap="gray")
-    spur = "?" if row["spurious"] is None else int(row["spurious"])
-    ax.set_title(f"y={row['label']} s={spur} p={row['score']:.2f}", fontsize=6)
-    ax.axis("off")
-
-
-def _json_ready(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if not k.startswith("_")}
+def _json_ready(value: Any) -> Any:
+    """``value`` without keys starting with ``_``, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 def write_slices(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -809,6 +403,22 @@ def _threshold_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected 'val' or a number, got {text!r}") from err
 
 
+def _checked(parse: Any) -> Any:
+    """An argparse type from a parser raising ValueError."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return convert
+
+
+def _columns_arg(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def add_slices_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``slices`` to the ``audit`` subcommands; returns its parser."""
     p = sub.add_parser("slices", help="Domino-style slice discovery: where does the model fail?")
@@ -816,7 +426,12 @@ def add_slices_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--manifest", help="data to audit (default: the run's manifest)")
     p.add_argument("--split", default="test", help="split to slice (default test)")
     p.add_argument("--n-slices", type=int, default=8, help="mixture components (default 8)")
-    p.add_argument("--n-components", type=int, default=16, help="PCA dimensions (default 16)")
+    p.add_argument(
+        "--n-components",
+        type=int,
+        default=16,
+        help="PCA dimensions per modality block (default 16)",
+    )
     p.add_argument(
         "--y-weight",
         type=float,
@@ -841,8 +456,48 @@ def add_slices_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="encoder",
         help="pooled encoder (default) or decoder features (dense methods)",
     )
+    p.add_argument(
+        "--modalities",
+        type=_checked(parse_modalities),
+        default=MODALITIES,
+        help="modalities sliced alone and mixed into 'combined' (default "
+        "image,text,metadata; unavailable ones are skipped and reported)",
+    )
+    p.add_argument(
+        "--modality-weights",
+        type=_checked(parse_weights),
+        default=None,
+        metavar="NAME=W,...",
+        help="shares of the mixture's embedding term, e.g. "
+        "image=1,text=1,metadata=1 (default 1 each)",
+    )
+    p.add_argument(
+        "--metadata-columns",
+        type=_columns_arg,
+        default=None,
+        metavar="COL,...",
+        help="manifest columns of the metadata modality (default: view,age,sex where present)",
+    )
+    p.add_argument(
+        "--text-column",
+        default=None,
+        help=f"free-text column (default {DEFAULT_TEXT_COLUMN!r} where present)",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        metavar="PATH",
+        help="local sentence-transformers/transformers model folder (default: "
+        "TF-IDF + truncated SVD)",
+    )
+    p.add_argument(
+        "--describe-min-count",
+        type=int,
+        default=5,
+        help="the describer's minimum count of a token or value (default 5)",
+    )
     p.add_argument("--limit", type=int, help="a seeded random subset of this many images")
-    p.add_argument("--seed", type=int, default=0, help="subset, PCA and EM seed")
+    p.add_argument("--seed", type=int, default=0, help="subset, PCA, SVD and EM seed")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--out", required=True, help="folder for slices.json, slices.md, slices.png")
     return p
@@ -863,13 +518,21 @@ def run_slices(args: argparse.Namespace) -> dict[str, Any]:
         threshold=args.threshold,
         features=args.features,
         batch_size=args.batch_size,
+        modalities=args.modalities,
+        modality_weights=args.modality_weights,
+        metadata_columns=args.metadata_columns,
+        text_column=args.text_column,
+        text_encoder=args.text_encoder,
+        describe_min_count=args.describe_min_count,
     )
     paths = write_slices(result, args.out)
     top = result["top_slice"]
+    aps = ", ".join(f"{k} {fmt(v)}" for k, v in slices_ap(result).items() if v is not None)
     print(
-        f"top slice: n={top['n']} error rate {_fmt(top['error_rate'])} "
-        f"(gap {_fmt(top['error_gap'])}); anti-correlated precision {_fmt(top.get('precision'))}"
-        f" recall {_fmt(top.get('recall'))} -> " + ", ".join(map(str, paths))
+        f"top slice: n={top['n']} error rate {fmt(top['error_rate'])} "
+        f"(gap {fmt(top['error_gap'])}); anti-correlated precision {fmt(top.get('precision'))}"
+        f" recall {fmt(top.get('recall'))}; best slice AP for it: {aps or '–'} -> "
+        + ", ".join(map(str, paths))
     )
     return result
 
@@ -879,7 +542,7 @@ def run_slices(args: argparse.Namespace) -> dict[str, Any]:
 
 @register_audit
 class SlicesAudit(Audit):
-    """``slices``: Domino-style slice discovery, scored against the anti-correlated subgroup."""
+    """``slices``: Domino-style slice discovery in image / text / metadata, evaluated as Domino."""
 
     name = "slices"
     table_order = 1
@@ -892,10 +555,17 @@ class SlicesAudit(Audit):
             "top_slice_precision": top.get("precision"),
             "top_slice_recall": top.get("recall"),
             "top_slice_size": top.get("n"),
+            "slices_ap": slices_ap(result.data),
         }
 
     def summary_columns(self, headline: Mapping[str, Any]) -> dict[str, str]:
-        return {"top-slice precision": fmt(headline["top_slice_precision"])}
+        aps = headline.get("slices_ap") or {}
+        return {
+            "top-slice precision": fmt(headline["top_slice_precision"]),
+            "slice AP (A): image / text / metadata / combined": " / ".join(
+                fmt(aps.get(name), 2) for name in MODALITY_SETS
+            ),
+        }
 
     def json_ready(self, data: Mapping[str, Any]) -> dict[str, Any]:
         return _json_ready(dict(data))

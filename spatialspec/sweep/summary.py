@@ -199,7 +199,8 @@ def summary_markdown(
         "`vs binary` / `vs seg`: the difference of the means from binary and from seg at the "
         "same budget, with the same two-level CI (paired on the images); * marks a CI that "
         "excludes 0, (w/n) the seed pairs in which the row beat the reference. `masks`: "
-        "training positives that kept their pixel annotation; `binary` uses none (budget `-`).",
+        "training positives that kept their pixel annotation; `binary` uses none (budget `-`); "
+        "the budget of `groupdro` / `dfr` is one of spurious-attribute labels.",
         "",
         "| method | budget |" + (" specificity |" if spec else "") + " masks | seeds | robust "
         "AUROC mean ± sd | robust AUROC [95 % CI] | vs binary | vs seg | AUROC mean ± sd | "

@@ -34,7 +34,7 @@ head stays, untouched, and trains on resume.
 **Checkpoints**: ``best.ckpt`` (what ``evaluate``, ``sweep`` and the audits read) is rewritten
 atomically with the DFR head and ``checkpoint["dfr"]`` (C, the search, group counts);
 ``last.ckpt`` keeps the training state without it. A resumed fit trains the ERM head (the flag
-is reset when training starts) and refits DFR at its end; a finished fit resumed again refits
+is reset when the fit starts) and refits DFR at its end; a finished fit resumed again refits
 the same head (same features, same seeded draws). Under DDP every rank extracts its shard of
 val, the shards are summed, every rank fits the same head; rank 0 writes.
 
@@ -259,8 +259,10 @@ class DFRMethod(BinaryMethod):
             return self.features(images) @ self.dfr_weight + self.dfr_bias  # (B,)
         return self.net.image_logits(images)  # (B,) the ERM head
 
-    def on_train_start(self) -> None:
-        self.dfr_fitted.fill_(False)  # training (and its validation) is the ERM head's
+    def on_fit_start(self) -> None:
+        # training and its validation (sanity check included) are the ERM head's, also when a
+        # fit resumes from a checkpoint that holds a DFR head
+        self.dfr_fitted.fill_(False)
 
     def on_fit_end(self) -> None:
         self.retrain_last_layer()

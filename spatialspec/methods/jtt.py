@@ -82,8 +82,11 @@ class JTTMethod(BinaryMethod):
     ) -> None:
         if not (math.isfinite(upweight) and upweight > 0):
             raise ValueError(f"upweight must be a finite number > 0, got {upweight}")
-        if first_stage_epochs is not None and first_stage_epochs < 0:
-            raise ValueError(f"first_stage_epochs must be >= 0, got {first_stage_epochs}")
+        if first_stage_epochs is not None and first_stage_epochs < 1:
+            raise ValueError(
+                f"first_stage_epochs must be >= 1 (stage 1's model finds the errors), "
+                f"got {first_stage_epochs}"
+            )
         super().__init__(backbone, lr=lr, weight_decay=weight_decay)
         self.upweight = upweight
         self.first_stage_epochs = first_stage_epochs

@@ -227,7 +227,10 @@ def test_evaluate_subgroups_picks_slice_or_complement() -> None:
 def test_known_subgroups_and_val_fit() -> None:
     labels = np.array([1, 1, 0, 0, 1])
     groups = known_subgroups(labels, np.array([0, 1, 1, 0, np.nan]))
-    assert set(groups) == {"anti_correlated", "spurious == 1", "spurious == 0"}
+    assert set(groups) == {"anti_correlated", "spurious == 1", "spurious == 0",
+                           "label == 1 & spurious == 0", "label == 0 & spurious == 1"}  # fmt: skip
+    assert groups["label == 1 & spurious == 0"][0].tolist() == [True, False, False, False, False]
+    assert groups["label == 0 & spurious == 1"][0].tolist() == [False, False, True, False, False]
     assert groups["spurious == 1"][0].tolist() == [False, True, True, False, False]
     assert groups["spurious == 0"][0].tolist() == [True, False, False, True, False]
     assert groups["spurious == 0"][1].tolist() == [True, True, True, True, False]
@@ -295,13 +298,16 @@ def test_audit_slices_writes_files(tiny_checkpoints, tiny_synthetic: Path, tmp_p
     assert modal["sets"]["image"]["subgroups"] == saved["subgroup_evaluation"]["subgroups"]
     headline = SlicesAudit().headline(AuditResult("slices", result))
     assert set(headline["slices_ap"]) == {"image", "text", "metadata", "combined"}
+    cells = headline["slices_ap_cells"]["label == 0 & spurious == 1"]
+    assert cells["image"] == modal["sets"]["image"]["subgroups"]["label == 0 & spurious == 1"][
+        "average_precision"]  # fmt: skip
     assert headline["slices_ap"]["text"] == modal["sets"]["text"]["subgroups"][
         "anti_correlated"]["average_precision"]  # fmt: skip
     assert {"enriched", "depleted", "n"} <= set(saved["slices"][0]["description"])
     assert "| combined | anti_correlated |" in (tmp_path / "slices.md").read_text()
     evaluation = saved["subgroup_evaluation"]
     assert evaluation["fit_split"] == "val" and evaluation["eval_split"] == "test"
-    assert set(evaluation["subgroups"]) == {"anti_correlated", "spurious == 1", "spurious == 0"}
+    assert set(evaluation["subgroups"]) >= {"anti_correlated", "spurious == 1", "spurious == 0"}
     anti = evaluation["subgroups"]["anti_correlated"]
     assert anti["n_subgroup"] == 4 and 0.0 <= anti["average_precision"] <= 1.0
     assert {"slice", "complement", "precision_at_10", "precision_at_25", "f1"} <= set(anti)

@@ -33,7 +33,8 @@ import pandas as pd
 from scipy import sparse
 from scipy.stats import hypergeom
 
-from spatialspec.audit.modalities import MISSING, TOKEN_PATTERN, texts_of
+from spatialspec.audit.modalities import MISSING
+from spatialspec.audit.text_features import TOKEN_PATTERN, texts_of
 
 __all__ = [
     "Indicators",

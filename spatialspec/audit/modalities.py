@@ -4,27 +4,26 @@ Every modality is turned into a block of numeric features, fitted on one split (
 protocol) and applied to another:
 
 - **image**: the model's pooled embeddings (:func:`spatialspec.audit.embeddings.embed`);
-- **text**: a manifest column of free text (``report``). By default TF-IDF over word unigrams
-  and bigrams (sublinear term frequency, terms in at least 2 reports) reduced by truncated SVD
-  (latent semantic analysis), all offline with sklearn; or a local sentence encoder given by
-  path (a sentence-transformers or transformers model folder, loaded with
-  ``local_files_only``). Missing reports count as empty and are counted;
+- **text**: a manifest column of free text (``report``): TF-IDF + truncated SVD offline, or a
+  local sentence encoder (:mod:`spatialspec.audit.text_features`);
 - **metadata**: manifest columns. A column whose non-missing values are all numbers is
   standardised (fit split's mean and SD; missing -> the mean, plus a ``<col>=(missing)``
   indicator when the fit split has missing values); any other column is one-hot encoded
   (missing is its own category ``(missing)``; a value unseen in the fit split gets no column,
-  and is counted).
+  and is counted). In the mixture the numeric columns are continuous and the one-hot columns
+  (and each missing indicator) categorical variables (:class:`MixedBlock`): a Gaussian on a
+  two-valued coordinate collapses onto one value and outweighs everything else.
 
-**Combining and weighting** (:func:`combine_blocks`). Each block is reduced on its own by
-:class:`~spatialspec.audit.embeddings.WhitenedPCA` (standardise columns, at most
-``n_components`` principal components, unit variance each; d_b dimensions). The blocks are
-concatenated and the mixture weighs each dimension's Gaussian log-likelihood (not its scale: a
-diagonal mixture is blind to rescaled coordinates, see :mod:`spatialspec.audit.mixture`). A
-dimension of block b gets ``λ_b = D · (w_b / Σ_c w_c) / d_b`` with D = ``n_components``: the
-weights are shares of the embedding's total voice, which is that of D whitened dimensions
-whatever the number of blocks or their widths. One block alone (weight share 1, d_b = D) is
-exactly the image-only mixture; the label and prediction terms (γ, γ̂) weigh the same against
-the embedding whichever modalities are mixed.
+**Combining and weighting** (:func:`combine_blocks`). Each block's continuous part is reduced on
+its own by :class:`~spatialspec.audit.embeddings.WhitenedPCA` (standardise columns, at most
+``n_components`` principal components, unit variance each); with its categorical variables it
+has d_b *factors*. The blocks are concatenated and the mixture weighs each factor's
+log-likelihood (not its scale: a diagonal mixture is blind to rescaled coordinates, see
+:mod:`spatialspec.audit.mixture`). Every factor of block b gets
+``λ_b = D · (w_b / Σ_c w_c) / d_b`` with D = ``n_components``: the weights are shares of the
+embedding's total voice, that of D whitened dimensions, whatever the number of blocks or their
+widths. One block alone (share 1, d_b = D) is exactly the image-only mixture; the label and
+prediction terms (γ, γ̂) weigh the same against the embedding whichever modalities are mixed.
 """
 
 from __future__ import annotations
@@ -38,6 +37,14 @@ import numpy as np
 import pandas as pd
 
 from spatialspec.audit.embeddings import WhitenedPCA
+from spatialspec.audit.text_features import (
+    ENCODER_MISSING,
+    SentenceEncoderFeaturizer,
+    TfidfTextFeaturizer,
+    blank_cells,
+    text_featurizer,
+    texts_of,
+)
 
 __all__ = [
     "DEFAULT_METADATA_COLUMNS",
@@ -47,6 +54,7 @@ __all__ = [
     "MODALITIES",
     "Combined",
     "MetadataFeaturizer",
+    "MixedBlock",
     "SentenceEncoderFeaturizer",
     "TfidfTextFeaturizer",
     "combine_blocks",
@@ -70,16 +78,6 @@ MISSING = "(missing)"
 RESERVED_COLUMNS = frozenset(
     {"label", "spurious", "split", "image_id", "image_path", "mask_path", "mask_available"}
 )
-#: Error when ``--text-encoder`` is given and no encoder library is installed.
-ENCODER_MISSING = (
-    "--text-encoder needs sentence-transformers (pip install 'spatialspec[text]') or "
-    "transformers; neither is installed. Without --text-encoder the text modality uses "
-    "TF-IDF + truncated SVD (sklearn, offline)."
-)
-#: Word tokens: lowercase letters, at least two.
-TOKEN_PATTERN = r"(?u)\b[a-z][a-z]+\b"
-
-
 # --------------------------------------------------------------------------- option parsing
 
 
@@ -122,15 +120,9 @@ def parse_weights(text: str | Mapping[str, float] | None) -> dict[str, float]:
 # --------------------------------------------------------------------------- metadata
 
 
-def _missing(values: pd.Series) -> np.ndarray:
-    """(N,) True where a manifest cell is empty (NaN, None or blank text)."""
-    blank = values.astype(str).str.strip() == ""
-    return (values.isna() | blank).to_numpy()
-
-
 def _is_numeric(values: pd.Series) -> bool:
     """Whether every non-missing value parses as a finite number (and there is one)."""
-    present = values[~_missing(values)]
+    present = values[~blank_cells(values)]
     if present.empty or pd.api.types.is_bool_dtype(present):
         return False
     parsed = pd.to_numeric(present, errors="coerce")
@@ -167,7 +159,7 @@ class MetadataFeaturizer:
         self._check_columns(frame)
         self.kinds_, self.stats_, self.counts_ = {}, {}, {}
         for col in self.columns:
-            values, missing = frame[col], _missing(frame[col])
+            values, missing = frame[col], blank_cells(frame[col])
             if _is_numeric(frame[col]):
                 x = pd.to_numeric(values[~missing]).to_numpy(float)
                 sd = float(x.std())
@@ -190,6 +182,26 @@ class MetadataFeaturizer:
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         """:meth:`fit` on ``frame`` and its features."""
         return self.fit(frame).transform(frame, "fit")
+
+    def mixed(self, x: np.ndarray) -> MixedBlock:
+        """Split :meth:`transform`'s (N, F) features for the mixture: standardised numeric
+        columns stay continuous; one-hot columns, and each missing indicator as the pair
+        (missing, present), become categorical variables."""
+        names = self.feature_names_
+        numeric = [j for j, n in enumerate(names) if n in self.kinds_]
+        onehot, groups = [], []
+        for j, name in enumerate(names):
+            col = name.partition("=")[0]
+            if j in numeric:
+                continue
+            if self.kinds_[col] == "numeric":  # the missing indicator of a numeric column
+                onehot += [x[:, j], 1.0 - x[:, j]]
+                groups += [name, name]
+            else:
+                onehot.append(x[:, j])
+                groups.append(col)
+        stack = np.column_stack(onehot) if onehot else np.zeros((len(x), 0))
+        return MixedBlock(x[:, numeric], stack, groups)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready columns, kinds, feature names and missing/unseen counts."""
@@ -216,7 +228,7 @@ class MetadataFeaturizer:
 
     def _column(self, values: pd.Series, col: str) -> tuple[np.ndarray, int, int]:
         """(N, F_col) features of one column, its missing and unseen counts."""
-        missing = _missing(values)
+        missing = blank_cells(values)
         if self.kinds_[col] == "numeric":
             mean, sd, indicator = self.stats_[col]
             x = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(float)
@@ -236,161 +248,22 @@ class MetadataFeaturizer:
             raise ValueError(f"{where} has no metadata column(s) {', '.join(absent)}")
 
 
-# --------------------------------------------------------------------------- text
-
-
-def texts_of(frame: pd.DataFrame, column: str) -> tuple[list[str], int]:
-    """The column's texts (missing -> ``""``) and how many were missing or blank."""
-    if column not in frame.columns:
-        where = frame.attrs.get("manifest_path", "the manifest")
-        raise ValueError(f"{where} has no text column {column!r}")
-    missing = _missing(frame[column])
-    texts = np.where(missing, "", frame[column].astype(str)).tolist()
-    return texts, int(missing.sum())
-
-
-class TfidfTextFeaturizer:
-    """TF-IDF (word unigrams + bigrams) reduced by truncated SVD; sklearn only, offline.
-
-    Args:
-        n_components: SVD dimensions (capped at the vocabulary size - 1 and the number of
-            texts - 1).
-        seed: SVD's random state.
-        min_df: A term must occur in this many fit-split texts.
-    """
-
-    kind = "tfidf+svd"
-
-    def __init__(self, n_components: int = 16, seed: int = 0, min_df: int = 2) -> None:
-        self.n_components, self.seed, self.min_df = n_components, seed, min_df
-
-    def fit(self, texts: Sequence[str]) -> TfidfTextFeaturizer:
-        """Learn the vocabulary, IDF weights and SVD basis.
-
-        Raises:
-            ValueError: If no term occurs in ``min_df`` texts (sklearn's "empty vocabulary").
-        """
-        from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        self.tfidf_ = TfidfVectorizer(
-            lowercase=True,
-            token_pattern=TOKEN_PATTERN,
-            ngram_range=(1, 2),
-            min_df=self.min_df,
-            sublinear_tf=True,
-        )
-        x = self.tfidf_.fit_transform(list(texts))  # (N, V) sparse
-        k = min(self.n_components, x.shape[1] - 1, x.shape[0] - 1)
-        self.svd_ = TruncatedSVD(k, random_state=self.seed).fit(x) if k >= 1 else None
-        return self
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, k) LSA coordinates (the TF-IDF matrix itself when k would be 0)."""
-        x = self.tfidf_.transform(list(texts))
-        return self.svd_.transform(x) if self.svd_ is not None else x.toarray()
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready settings and sizes."""
-        return {
-            "kind": self.kind,
-            "vocabulary": len(self.tfidf_.vocabulary_),
-            "svd_components": 0 if self.svd_ is None else int(self.svd_.n_components),
-            "ngram_range": [1, 2],
-            "min_df": self.min_df,
-            "svd_explained_variance": None
-            if self.svd_ is None
-            else float(self.svd_.explained_variance_ratio_.sum()),
-        }
-
-
-class SentenceEncoderFeaturizer:
-    """A local sentence encoder (sentence-transformers, else transformers + mean pooling).
-
-    Args:
-        path: A model folder (``save_pretrained`` / ``SentenceTransformer.save``); nothing is
-            downloaded (``local_files_only``).
-        batch_size: Texts per forward pass.
-
-    Raises:
-        FileNotFoundError: If ``path`` is not a folder.
-    """
-
-    kind = "sentence-encoder"
-
-    def __init__(self, path: str | Path, batch_size: int = 32) -> None:
-        self.path, self.batch_size = Path(path), batch_size
-        if not self.path.is_dir():
-            raise FileNotFoundError(
-                f"--text-encoder {self.path}: not a folder (expected a sentence-transformers or "
-                "transformers model saved with save_pretrained / save)"
-            )
-
-    def fit(self, texts: Sequence[str]) -> SentenceEncoderFeaturizer:
-        """Load the encoder (it is pretrained: nothing is fitted to ``texts``)."""
-        self.encode_, self.backend_ = _load_encoder(self.path, self.batch_size)
-        return self
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, H) sentence embeddings."""
-        if "encode_" not in self.__dict__:
-            raise RuntimeError("SentenceEncoderFeaturizer is not fitted; call fit() first")
-        return np.asarray(self.encode_(list(texts)), dtype=float)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready settings."""
-        return {"kind": self.kind, "path": str(self.path), "backend": self.backend_}
-
-
-def _load_encoder(path: Path, batch_size: int) -> tuple[Any, str]:
-    """``encode(texts) -> (N, H)`` of the model at ``path`` and the library that runs it."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        SentenceTransformer = None
-    if SentenceTransformer is not None:
-        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        return (
-            lambda texts: model.encode(
-                texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-            ),
-            "sentence-transformers",
-        )
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as err:
-        raise ImportError(ENCODER_MISSING) from err
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
-    return lambda texts: _mean_pooled(model, tokenizer, texts, batch_size), "transformers"
-
-
-def _mean_pooled(model: Any, tokenizer: Any, texts: list[str], batch_size: int) -> np.ndarray:
-    """(N, H) mean of the last hidden states over each text's tokens."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt"
-            )
-            hidden = model(**batch).last_hidden_state  # (B, T, H)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))  # (B, H)
-    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
-
-
-def text_featurizer(
-    encoder: str | Path | None = None, n_components: int = 16, seed: int = 0
-) -> TfidfTextFeaturizer | SentenceEncoderFeaturizer:
-    """The text featuriser: a local sentence encoder at ``encoder``, else TF-IDF + SVD."""
-    if encoder:
-        return SentenceEncoderFeaturizer(encoder)
-    return TfidfTextFeaturizer(n_components, seed)
-
-
 # --------------------------------------------------------------------------- combination
+
+
+@dataclass
+class MixedBlock:
+    """A block with continuous columns (Gaussian factors) and categorical variables.
+
+    Attributes:
+        numeric: (N, P) continuous features.
+        onehot: (N, C) one-hot columns; every variable a group of columns.
+        groups: C variable names, the group of each one-hot column.
+    """
+
+    numeric: np.ndarray
+    onehot: np.ndarray
+    groups: list[str]
 
 
 @dataclass
@@ -398,21 +271,38 @@ class Combined:
     """Blocks reduced, concatenated and weighted for the mixture.
 
     Attributes:
-        z_fit: (N_fit, d) coordinates of the fit split.
-        z_apply: (N_apply, d) coordinates of the split the mixture is applied to.
+        z_fit: (N_fit, d) Gaussian coordinates of the fit split.
+        z_apply: (N_apply, d) the same for the split the mixture is applied to.
         dim_weights: (d,) the mixture's per-dimension log-likelihood weights.
-        blocks: Block name -> ``{dims, weight, share, dim_weight, explained_variance}``.
+        onehot_fit: (N_fit, C) one-hot columns of the categorical variables.
+        onehot_apply: (N_apply, C) the same for the other split.
+        onehot_weights: (C,) their weights (a variable's columns share one).
+        blocks: Block name -> ``{dims, categorical, weight, share, dim_weight, ...}``.
     """
 
     z_fit: np.ndarray
     z_apply: np.ndarray
     dim_weights: np.ndarray
+    onehot_fit: np.ndarray
+    onehot_apply: np.ndarray
+    onehot_weights: np.ndarray
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+Block = np.ndarray | MixedBlock
+
+
+def _parts(block: Block) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(numeric, one-hot, groups) of a block (a plain array is all numeric)."""
+    if isinstance(block, MixedBlock):
+        return np.asarray(block.numeric, float), np.asarray(block.onehot, float), block.groups
+    block = np.asarray(block, float)
+    return block, np.zeros((len(block), 0)), []
+
+
 def combine_blocks(
-    fit_blocks: Mapping[str, np.ndarray],
-    apply_blocks: Mapping[str, np.ndarray],
+    fit_blocks: Mapping[str, Block],
+    apply_blocks: Mapping[str, Block],
     weights: Mapping[str, float] | None = None,
     n_components: int = 16,
     seed: int = 0,
@@ -420,16 +310,16 @@ def combine_blocks(
     """Reduce each block on the fit split, apply to the other, concatenate, weight.
 
     Args:
-        fit_blocks: Block name -> (N_fit, D_b) features.
-        apply_blocks: Block name -> (N_apply, D_b) features (same names).
+        fit_blocks: Block name -> (N_fit, D_b) features or a :class:`MixedBlock`.
+        apply_blocks: Block name -> the same for the other split (same names).
         weights: Block name -> w_b >= 0 (missing: 1; 0 drops the block).
         n_components: At most this many whitened dimensions per block; also D, the total
             voice the weights share (see the module docstring).
         seed: PCA's random state.
 
     Returns:
-        The :class:`Combined` coordinates and per-dimension weights
-        ``λ_b = D · (w_b / Σ_c w_c) / d_b``.
+        The :class:`Combined` coordinates, with weight ``λ_b = D · (w_b / Σ_c w_c) / d_b`` on
+        each of block b's d_b factors (whitened dimensions + categorical variables).
 
     Raises:
         ValueError: If the names differ, or no block has a positive weight.
@@ -441,23 +331,57 @@ def combine_blocks(
     if not used:
         raise ValueError(f"no block has a positive weight: {w}")
     total = sum(w[name] for name in used)
-    z_fit, z_apply, dim_w, info = [], [], [], {}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("zf", "za", "dw", "cf", "ca", "cw")}
+    info = {}
     for name in used:
-        reducer = WhitenedPCA(n_components, seed).fit(fit_blocks[name])
-        d = reducer.n_components_
-        lam = n_components * (w[name] / total) / d
-        z_fit.append(reducer.transform(fit_blocks[name]))
-        z_apply.append(reducer.transform(apply_blocks[name]))
-        dim_w.append(np.full(d, lam))
-        info[name] = {
-            "dims": d,
-            "input_dims": int(np.shape(fit_blocks[name])[1]),
-            "weight": w[name],
-            "share": w[name] / total,
-            "dim_weight": lam,
-            "explained_variance": float(reducer.explained_variance_ratio_.sum()),
-        }
-    return Combined(np.hstack(z_fit), np.hstack(z_apply), np.concatenate(dim_w), info)
+        info[name] = _add_block(
+            fit_blocks[name], apply_blocks[name], w[name] / total, n_components, seed, parts
+        )
+        info[name]["weight"] = w[name]
+    cat = [np.hstack(parts[k]) for k in ("cf", "ca")]
+    return Combined(
+        np.hstack(parts["zf"]),
+        np.hstack(parts["za"]),
+        np.concatenate(parts["dw"]),
+        cat[0],
+        cat[1],
+        np.concatenate(parts["cw"]),
+        info,
+    )
+
+
+def _add_block(
+    fit: Block,
+    apply: Block,
+    share: float,
+    n_components: int,
+    seed: int,
+    parts: dict[str, list[np.ndarray]],
+) -> dict[str, Any]:
+    """Reduce one block's numeric part, weigh its factors, append to ``parts``; its info."""
+    numeric_fit, onehot_fit, groups = _parts(fit)
+    numeric_apply, onehot_apply, _ = _parts(apply)
+    z_fit, z_apply, explained = numeric_fit[:, :0], numeric_apply[:, :0], None
+    if numeric_fit.shape[1]:
+        reducer = WhitenedPCA(n_components, seed).fit(numeric_fit)
+        z_fit, z_apply = reducer.transform(numeric_fit), reducer.transform(numeric_apply)
+        explained = float(reducer.explained_variance_ratio_.sum())
+    n_vars = len(set(groups))
+    lam = n_components * share / (z_fit.shape[1] + n_vars)
+    parts["zf"].append(z_fit)
+    parts["za"].append(z_apply)
+    parts["dw"].append(np.full(z_fit.shape[1], lam))
+    parts["cf"].append(onehot_fit)
+    parts["ca"].append(onehot_apply)
+    parts["cw"].append(np.full(onehot_fit.shape[1], lam))
+    return {
+        "dims": int(z_fit.shape[1]),
+        "categorical": n_vars,
+        "input_dims": int(numeric_fit.shape[1] + onehot_fit.shape[1]),
+        "share": share,
+        "dim_weight": lam,
+        "explained_variance": explained,
+    }
 
 
 # --------------------------------------------------------------------------- the audit's blocks
@@ -473,7 +397,7 @@ def modality_blocks(
     text_encoder: str | Path | None = None,
     n_components: int = 16,
     seed: int = 0,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, Block], dict[str, Block], dict[str, dict[str, Any]]]:
     """Text and metadata features of two splits' manifest rows (the image block is the model's).
 
     Args:
@@ -489,7 +413,8 @@ def modality_blocks(
         seed: SVD's random state.
 
     Returns:
-        Fit blocks, apply blocks (modality -> (N, D)) and, per text/metadata modality, a
+        Fit blocks, apply blocks (text: (N, D); metadata: a :class:`MixedBlock`) and, per
+        text/metadata modality, a
         JSON-ready ``info``: ``status`` (``used`` / ``skipped``), ``reason`` when skipped, the
         featuriser's settings and the missing counts per split.
 
@@ -506,8 +431,8 @@ def modality_blocks(
             )
         else:
             featurizer = MetadataFeaturizer(columns).fit(fit_frame)
-            fit_blocks["metadata"] = featurizer.transform(fit_frame, "fit")
-            apply_blocks["metadata"] = featurizer.transform(apply_frame, "apply")
+            fit_blocks["metadata"] = featurizer.mixed(featurizer.transform(fit_frame, "fit"))
+            apply_blocks["metadata"] = featurizer.mixed(featurizer.transform(apply_frame, "apply"))
             info["metadata"] = {"status": "used", **featurizer.summary()}
     if "text" in modalities:
         column = text_column or DEFAULT_TEXT_COLUMN

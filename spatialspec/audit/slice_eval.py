@@ -1,6 +1,7 @@
 """Domino's evaluation of discovered slices against known attribute subgroups.
 
-For each known subgroup G (here: the anti-correlated subgroup, ``spurious == 1`` and
+For each known subgroup G (:func:`known_subgroups`: the anti-correlated subgroup A, its two
+cells ``label == 1 & spurious == 0`` and ``label == 0 & spurious == 1``, ``spurious == 1`` and
 ``spurious == 0``), every slice k and its complement are candidates. A slice's *membership* of
 an image is its responsibility ``p_k``; the complement's is ``1 - p_k``. The candidate kept for
 G is the one whose membership has the highest average precision (sklearn's
@@ -12,6 +13,11 @@ G is the one whose membership has the highest average precision (sklearn's
 - ``precision`` / ``recall`` / ``f1`` of the hard assignment (argmax responsibility == k; for
   the complement, != k);
 - ``n_subgroup`` and ``prevalence`` (the AP of a random ranking), over images where G is known.
+
+A spans both labels while the error-aware mixture (γ = 10) makes every slice hold one label,
+so one slice can cover at most one cell of A: a slice that is exactly one cell (half of A)
+scores AP = 0.5 + 0.5 × prevalence (0.55 at 10 % prevalence), the ceiling for A. Each cell is
+a coherent subgroup, as Domino's planted slices are, with a ceiling of 1.
 
 Protocol (Domino's): the block reduction and the mixture are fitted on the val split and
 applied to the evaluated split (:func:`fit_on_val_apply`, :func:`fit_blocks_on_val_apply`), so
@@ -33,7 +39,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from spatialspec.audit.mixture import DEFAULT_WEIGHT, ErrorAwareMixture
-from spatialspec.audit.modalities import Combined, combine_blocks
+from spatialspec.audit.modalities import Block, Combined, combine_blocks
 from spatialspec.audit.slices_discover import anti_correlated, rank_slices
 
 __all__ = [
@@ -67,8 +73,11 @@ def known_subgroups(
     spurious = np.asarray(spurious, float)
     known = np.isfinite(spurious) & (spurious >= 0)
     s = np.where(known, spurious, 0) > 0.5
+    y = np.asarray(labels, int) == 1
     return {
         "anti_correlated": anti_correlated(labels, spurious),
+        "label == 1 & spurious == 0": (known & y & ~s, known),
+        "label == 0 & spurious == 1": (known & ~y & s, known),
         "spurious == 1": (known & s, known),
         "spurious == 0": (known & ~s, known),
     }
@@ -138,13 +147,14 @@ class SplitData:
     """One split's modality features, labels, predictions and spurious attribute.
 
     Attributes:
-        blocks: Modality -> (N, D) features.
+        blocks: Modality -> (N, D) features or a
+            :class:`~spatialspec.audit.modalities.MixedBlock`.
         labels: (N,) 0/1 labels.
         scores: (N,) predicted probabilities.
         spurious: (N,) spurious attribute, NaN where unknown (None: unknown everywhere).
     """
 
-    blocks: dict[str, np.ndarray]
+    blocks: dict[str, Block]
     labels: np.ndarray
     scores: np.ndarray
     spurious: np.ndarray | None = None
@@ -182,10 +192,13 @@ def fit_blocks_on_val_apply(
         y_hat_weight=y_hat_weight,
         seed=seed,
         dim_weights=combined.dim_weights,
+        categorical_weights=combined.onehot_weights,
     )
-    model.fit(combined.z_fit, np.asarray(val.labels, int), np.asarray(val.scores, float))
+    val_y, val_s = np.asarray(val.labels, int), np.asarray(val.scores, float)
+    model.fit(combined.z_fit, val_y, val_s, combined.onehot_fit)
     labels, scores = np.asarray(test.labels, int), np.asarray(test.scores, float)
-    return model.predict_proba(combined.z_apply, labels, scores), combined, model
+    resp = model.predict_proba(combined.z_apply, labels, scores, combined.onehot_apply)
+    return resp, combined, model
 
 
 def fit_on_val_apply(

@@ -86,6 +86,9 @@ __all__ = [
 
 #: The modality sets of the evaluation (``combined``: every modality used, weighted).
 MODALITY_SETS = (*MODALITIES, "combined")
+#: The two cells of the anti-correlated subgroup (one label each; see
+#: :mod:`spatialspec.audit.slice_eval` for why A's own AP is capped near 0.55).
+A_CELLS = ("label == 1 & spurious == 0", "label == 0 & spurious == 1")
 TEXT_NOTE = (
     "Domino names slices with CLIP text embeddings; offline, each slice is described by the "
     "report tokens and metadata values most enriched in it (or depleted), with counts."
@@ -556,6 +559,7 @@ class SlicesAudit(Audit):
             "top_slice_recall": top.get("recall"),
             "top_slice_size": top.get("n"),
             "slices_ap": slices_ap(result.data),
+            "slices_ap_cells": {cell: slices_ap(result.data, cell) for cell in A_CELLS},
         }
 
     def summary_columns(self, headline: Mapping[str, Any]) -> dict[str, str]:

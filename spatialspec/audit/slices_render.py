@@ -146,35 +146,45 @@ def modality_evaluation_markdown(evaluation: dict[str, Any] | None) -> list[str]
 
 
 def _modality_lines(evaluation: dict[str, Any]) -> list[str]:
-    """One bullet per modality: used (dimensions, weight) or skipped (why)."""
-    lines = []
-    blocks = {}
-    for ev in evaluation["sets"].values():
-        blocks.update({m: b for m, b in ev["blocks"].items() if len(ev["modalities"]) == 1})
+    """One bullet per modality: used (factors, weight in combined) or skipped (why)."""
+    alone = {
+        ev["modalities"][0]: ev["blocks"][ev["modalities"][0]]
+        for ev in evaluation["sets"].values()
+        if len(ev["modalities"]) == 1
+    }
     combined = evaluation["sets"].get("combined", {}).get("blocks", {})
+    lines = []
     for name, info in evaluation["modalities"].items():
         if info.get("status") != "used":
             lines.append(f"- **{name}**: skipped ({info.get('reason', '?')})")
             continue
-        b, c = blocks.get(name, {}), combined.get(name)
-        mix = (
-            (
-                f"; in combined: weight {c['weight']:g}, share {c['share']:.2f}, "
-                f"{c['dim_weight']:.2f} per dimension"
-            )
-            if c
-            else ""
-        )
         lines.append(
-            f"- **{name}**: {_source(name, info)}, {b.get('dims', '?')} whitened dimensions{mix}"
+            f"- **{name}**: {_source(name, info)}; {_factors(alone.get(name))}"
+            f"{_share(combined.get(name))}"
         )
     if combined:
         lines.append(
-            "- **combined**: " + " + ".join(combined) + "; a modality's weight is its "
-            "share of the embedding term (D · share / d log-likelihood weight per "
-            "dimension, D = n_components)"
+            "- **combined**: " + " + ".join(combined) + "; a modality's weight is its share of "
+            "the embedding term: each of its d factors gets log-likelihood weight D · share / d "
+            "(D = n_components)"
         )
     return lines
+
+
+def _factors(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "?"
+    cat = block.get("categorical") or 0
+    return f"{block['dims']} whitened dimensions" + (f" + {cat} categorical" if cat else "")
+
+
+def _share(block: dict[str, Any] | None) -> str:
+    if not block:
+        return ""
+    return (
+        f"; in combined: weight {block['weight']:g}, share {block['share']:.2f}, "
+        f"{block['dim_weight']:.2f} per factor"
+    )
 
 
 def _source(name: str, info: dict[str, Any]) -> str:

@@ -79,7 +79,12 @@ def plot_cost(table: pd.DataFrame, path: str | Path) -> Path:
 def _style_axes(ax: Any, known: pd.DataFrame) -> None:
     hours = known["hours"].to_numpy(float) if len(known) else np.array([])
     if hours.size and (hours > 0).all():
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.3, 1, 20: no 10^x notation
+        ax.xaxis.set_major_formatter(plain)  # minor labels only where they do not crowd
+        ax.xaxis.set_minor_formatter(plain if hours.max() < 10 * hours.min() else NullFormatter())
         ax.set_xlabel("annotation hours consumed (log)")
     else:
         positive = hours[hours > 0]
@@ -90,4 +95,4 @@ def _style_axes(ax: Any, known: pd.DataFrame) -> None:
     ax.set_ylabel("test robust AUROC (mean, seed-aware 95 % CI)")
     ax.set_title("Robust AUROC per annotation hour", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)

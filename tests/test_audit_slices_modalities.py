@@ -251,3 +251,51 @@ def test_text_slices_recover_a_subgroup_image_noise_cannot() -> None:
     assert ap["combined"] > ap["image"] + 0.15
     assert all(out[name]["fit_split"] == "val" for name in sets)
     assert out["combined"]["blocks"]["text"]["share"] == pytest.approx(0.5)
+
+
+def test_categorical_metadata_enters_as_categorical_factors() -> None:
+    frame = pd.DataFrame(
+        {"view": ["AP", "PA", "AP", "LL"], "age": [20, np.nan, 40, 60], "sex": list("FMFM")}
+    )
+    featurizer = MetadataFeaturizer(["view", "age", "sex"]).fit(frame)
+    mixed = featurizer.mixed(featurizer.transform(frame))
+    np.testing.assert_allclose(mixed.numeric[:, 0], featurizer.transform(frame)[:, 3])
+    assert mixed.groups == ["view"] * 3 + [f"age={MISSING}"] * 2 + ["sex"] * 2
+    for group in set(mixed.groups):  # every variable one-hot: one 1 per row
+        cols = [j for j, g in enumerate(mixed.groups) if g == group]
+        np.testing.assert_array_equal(mixed.onehot[:, cols].sum(axis=1), 1.0)
+    out = combine_blocks({"metadata": mixed}, {"metadata": mixed}, n_components=6)
+    info = out.blocks["metadata"]
+    assert (info["dims"], info["categorical"]) == (1, 3)  # age; view, age missing, sex
+    np.testing.assert_allclose(out.dim_weights, [6 / 4])  # D / (1 dimension + 3 variables)
+    np.testing.assert_allclose(out.onehot_weights, [6 / 4] * 7)
+
+
+def test_categorical_factors_in_the_mixture() -> None:
+    rng = np.random.default_rng(2)
+    n = 200
+    cat = rng.integers(0, 3, n)  # a 3-valued variable; the embedding is noise
+    onehot = np.eye(3)[cat]
+    z = rng.normal(size=(n, 2))
+    y, y_hat = np.zeros(n), np.full(n, 0.5)
+    model = ErrorAwareMixture(
+        2, y_weight=0.0, y_hat_weight=0.0, n_init=2, seed=0, categorical_weights=[3.0] * 3
+    )
+    model.fit(z, y, y_hat, onehot)
+    np.testing.assert_allclose(model.cat_probs_.sum(axis=1), 1.0, atol=1e-5)  # EPS-clipped zeros
+    history = np.array(model.history_)
+    assert (np.diff(history) >= -1e-9 * np.abs(history[1:])).all()
+    assign = model.predict(z, y, y_hat, onehot)
+    for value in range(3):  # the slices follow the categorical variable, not the noise
+        assert np.bincount(assign[cat == value], minlength=2).max() == (cat == value).sum()
+    assert len(set(assign)) == 2
+    # a row with no category (a value unseen when fitting) adds nothing: π_k N(z | μ_k, σ²_k)
+    from scipy.stats import norm
+
+    unseen = model.predict_proba(z[:3], y[:3], y_hat[:3], np.zeros((3, 3)))
+    dens = model.weights_ * np.prod(
+        norm.pdf(z[:3, None], model.means_[None], np.sqrt(model.variances_[None])), axis=2
+    )
+    np.testing.assert_allclose(unseen, dens / dens.sum(axis=1, keepdims=True), rtol=1e-8)
+    with pytest.raises(ValueError, match="one-hot"):
+        model.fit(z, y, y_hat, onehot * 2)

@@ -38,7 +38,7 @@ from spatialspec.sweep.costs import (
     resolve_costs,
 )
 from spatialspec.sweep.folder import SWEEP_JSON
-from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, budget_key, run_dir_of
+from spatialspec.sweep.plan import REPORT, RUN_INFO, SweepRun, run_dir_of
 from spatialspec.sweep.plot import CHART, plot_sweep
 from spatialspec.sweep.plot_cost import COST_CHART, plot_cost
 from spatialspec.sweep.plot_specificity import SPECIFICITY_CHART, plot_specificity
@@ -65,13 +65,15 @@ def _n_masks(run: SweepRun, run_dir: Path, manifests: dict[str, pd.DataFrame]) -
     """Training positives that kept their masks in this run: the data module's own record in
     ``run.json``, else the budget of the run's resolved config applied to its manifest (0 for a
     method trained without masks, whose budget, if any, is of attributes)."""
-    if not run.uses_masks or budget_key(run.method) != "data.mask_budget":
+    if not run.uses_masks:
         return 0
     recorded = (read_json(run_dir / "run.json") or {}).get("mask_budget") or {}
     if "n_masks" in recorded:
         return int(recorded["n_masks"])
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+        if data.get("mask_budget") is None and data.get("attribute_budget") is not None:
+            return 0  # the sweep's budget of this run is one of attributes (groupdro, dfr)
         path = str(data["manifest"])
         if path not in manifests:
             manifests[path] = load_manifest(path, check_files=False)

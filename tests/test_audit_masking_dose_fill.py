@@ -264,4 +264,7 @@ def test_headline_carries_the_dose_response_and_the_report_renders() -> None:
     md = masking_markdown(result)
     assert "## Dose-response: `anatomy_removed`" in md and "| +2 |" in md
     assert "## Fill control" in md and "| roi_removed |" in md and "⚑" in md
+    # the lungs (and the ROI in them) filled: every score equal, under either fill
+    assert result["fill_control"]["table"]["anatomy_removed"]["zero"]["score_std"] == 0.0
+    assert "0.500 / 0.500 (constant scores)" in md
     assert dose_response_figure(result).startswith(b"\x89PNG\r\n\x1a\n")

@@ -176,7 +176,7 @@ def audit_masking(
     method, config, data = load_model(checkpoint, manifest)
     mset = load_masking_set(load_audit_set(data, split, limit=limit, seed=seed))
     conditions, skipped = _resolve_conditions(conditions, mset, region, fill, data)
-    fill_rows = _resolve_conditions(fill_conditions, mset, region, fill, data)[0]
+    fill_rows, fill_skipped = _fill_rows(fill_conditions, conditions, mset, data)
     base = Masking("original", fill, region, dilate, seed=seed)
     scorer = MaskingScorer(method, mset, batch_size)
     original = scorer.original()
@@ -185,9 +185,9 @@ def audit_masking(
         for c in conditions
     }
     curves = _curves(scorer, base, doses, dose_areas, n_resamples, seed)
-    rows = fill_rows if fill_conditions else conditions
-    control = _fill_control(scorer, base, fills, rows, n_resamples, seed)
-    references = _metadata_references(data, metadata_columns, split, n_resamples, seed)
+    control = _fill_control(scorer, base, fills, fill_rows, n_resamples, seed)
+    references = _metadata_references(data, metadata_columns, split, mset.audit.image_ids,
+                                      n_resamples, seed)  # fmt: skip
     examples = _example_rows(mset)
     run = {"limit": limit, "n_resamples": n_resamples, "batch_size": batch_size}
     extras = {"doses": sorted(set(doses)), "dose_areas": list(dose_areas), "fills": list(fills)}
@@ -195,7 +195,7 @@ def audit_masking(
         "split": split,
         "n": len(mset),
         "conditions": results,
-        "skipped_conditions": skipped,
+        "skipped_conditions": {**skipped, **fill_skipped},
         "anatomy": _anatomy_counts(mset),
         "dose_response": curves,
         "fill_control": control,
@@ -252,6 +252,20 @@ def _resolve_conditions(
         if condition_area(condition) == "anatomy" and why:
             raise ValueError(f"condition {condition!r} needs anatomy masks: {why}")
     return conditions, {}
+
+
+def _fill_rows(
+    fill_conditions: Sequence[str] | None, conditions: list[str], mset: MaskingSet, data: Any
+) -> tuple[list[str], dict[str, str]]:
+    """Conditions of the fill control (default: the audited ones); anatomy ones without masks
+    are left out with the reason (keyed ``<condition> (fill control)``)."""
+    if fill_conditions is None:
+        return conditions, {}
+    why = _anatomy_unavailable(mset, data)
+    for condition in fill_conditions:
+        check_masking(condition)
+    keep = [c for c in fill_conditions if condition_area(c) != "anatomy" or not why]
+    return keep, {f"{c} (fill control)": why for c in fill_conditions if c not in keep}
 
 
 def _anatomy_unavailable(mset: MaskingSet, data: Any) -> str:
@@ -316,10 +330,12 @@ def _metadata_references(
     data: Any,
     columns: Sequence[str] | Sequence[Sequence[str]] | None,
     split: str,
+    image_ids: Sequence[str],
     n_resamples: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """One reference per column set (default: ``spurious`` where known; none for ``[]``)."""
+    """One reference per column set (default: ``spurious`` where known; none for ``[]``),
+    fit on the training split and scored on the audited images of ``split`` only."""
     from spatialspec.data.manifest import load_manifest
 
     if columns is not None and not _column_sets(columns):
@@ -333,6 +349,7 @@ def _metadata_references(
         spurious = pd.to_numeric(frame.get("spurious", pd.Series(dtype=float)), errors="coerce")
         columns = [["spurious"]] if spurious.isin([0, 1]).any() else []
     sets = _column_sets(columns)
+    frame = frame[(frame["split"] != split) | frame["image_id"].isin(set(image_ids))]
     return [
         metadata_reference(frame, cols, split=split, n_resamples=n_resamples, seed=seed)
         for cols in sets
@@ -442,6 +459,9 @@ SUMMARY_CONDITIONS = (
 )
 #: ``audit all``'s default image count: keeps the masking audit near a minute per model here.
 SUITE_LIMIT = 400
+#: ``audit all``'s fill-control conditions (the box variants behave as the anatomy's; left out
+#: to keep ``make audit`` within its budget).
+SUITE_FILL_CONDITIONS = "roi_removed,roi_only,spurious_removed,anatomy_removed,anatomy_only"
 
 
 @register_audit
@@ -500,7 +520,7 @@ class MaskingAudit(Audit):
         return run_masking(args)
 
     def add_suite_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_masking_options(parser, prefix="masking-", limit=SUITE_LIMIT)
+        add_masking_options(parser, "masking-", SUITE_LIMIT, SUITE_FILL_CONDITIONS)
 
     def suite_options(self, args: argparse.Namespace) -> dict[str, Any]:
         return masking_options(args, prefix="masking-")

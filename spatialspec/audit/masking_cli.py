@@ -80,8 +80,10 @@ def add_masking_options(
     p: argparse.ArgumentParser,
     prefix: str = "",
     limit: int | None = None,
+    fill_conditions: str | None = None,
 ) -> None:
-    """The options ``audit masking`` shares with ``audit all`` (there with ``--masking-``)."""
+    """The options ``audit masking`` shares with ``audit all`` (there with ``--masking-``),
+    with their defaults ``limit`` and ``fill_conditions`` (None: all images / conditions)."""
     p.add_argument(
         f"--{prefix}limit",
         type=int,
@@ -104,9 +106,10 @@ def add_masking_options(
     )
     p.add_argument(
         f"--{prefix}fill-conditions",
-        default=None,
+        default=fill_conditions,
         metavar="CONDITIONS",
-        help="conditions of the fill control (default: the audited ones)",
+        help="conditions of the fill control, comma-separated (default: "
+        f"{fill_conditions or 'the audited ones'})",
     )
     p.add_argument(
         f"--{prefix}metadata-columns",

@@ -377,6 +377,7 @@ def metrics_of(
     Returns:
         ``auroc``, ``auroc_ci``, ``robust_auroc``, ``robust_auroc_ci``, ``n``, ``n_robust``,
         ``n_altered``, ``n_unknown`` (images left out: area unknown), ``visible_fraction``,
+        ``score_std`` (0: the masking makes every score equal, e.g. a saturated model),
         ``mean_score_positive`` / ``_negative``, ``subgroup_mean_score`` (and the drops).
     """
     keep = scored.known
@@ -391,6 +392,7 @@ def metrics_of(
         **{k: report[k] for k in _METRICS},
         "n_altered": int(scored.altered.sum()),
         "n_unknown": int((~keep).sum()),
+        "score_std": float(scores.std()),
         "visible_fraction": scored.visible_fraction,
         "mean_score_positive": _mean(scores[labels == 1]),
         "mean_score_negative": _mean(scores[labels == 0]),

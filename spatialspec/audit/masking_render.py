@@ -23,6 +23,9 @@ __all__ = [
     "matrix_markdown",
 ]
 
+#: A score standard deviation below this marks a fill that makes every score (nearly) equal.
+CONSTANT_STD = 1e-4
+
 
 # ------------------------------------------------------------------------------ Markdown
 
@@ -154,6 +157,11 @@ def fill_control_lines(control: Mapping[str, Any] | None) -> list[str]:
         "",
         control["definition"],
     ]
+    if any(c.get("score_std", 1.0) < CONSTANT_STD for row in control["table"].values()
+           for c in row.values()):  # fmt: skip
+        lines.append(f"`(constant scores)`: the fill makes every score (nearly) equal (std < "
+                     f"{CONSTANT_STD:g}; e.g. a model saturated by an out-of-distribution "
+                     "fill): its AUROC of 0.5 says nothing about what was removed.")  # fmt: skip
     flagged = control["flagged"]
     lines.append(
         f"Flagged: {', '.join(f'`{c}`' for c in flagged)}."
@@ -164,7 +172,8 @@ def fill_control_lines(control: Mapping[str, Any] | None) -> list[str]:
 
 
 def _pair(cell: Mapping[str, Any]) -> str:
-    return f"{_fmt(cell['robust_auroc'])} / {_fmt(cell['auroc'])}"
+    constant = " (constant scores)" if cell.get("score_std", 1.0) < CONSTANT_STD else ""
+    return f"{_fmt(cell['robust_auroc'])} / {_fmt(cell['auroc'])}{constant}"
 
 
 def _changes(changes: Mapping[str, Mapping[str, str]]) -> str:
@@ -292,7 +301,7 @@ def _bars(ax: Any, conditions: Mapping[str, dict[str, Any]]) -> None:
             x + offset, np.nan_to_num(vals), 0.36, yerr=err, capsize=3, color=colour, label=label
         )
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
-    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=7)
+    ax.set_xticks(x, [n.replace("_", "\n") for n in names], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("AUROC (95 % CI)", fontsize=8)
     ax.legend(loc="lower right", fontsize=7)
@@ -328,13 +337,14 @@ def _curve(ax: Any, curve: Mapping[str, Any]) -> None:
         if ref is not None:
             ax.axhline(ref, color=colour, lw=0.8, ls=":")
     for p, xi in zip(points, x, strict=True):
-        ax.annotate(f"{p['dilation_px']:+d}", (xi, 0.02), fontsize=6, ha="center")
+        ax.annotate(f"{p['dilation_px']:+d}", (xi, _nan(p["auroc"])), fontsize=6, ha="center",
+                    textcoords="offset points", xytext=(0, 7))  # fmt: skip
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xlabel("visible fraction of the image (labels: dilation px)", fontsize=8)
     ax.set_ylabel("AUROC (95 % CI)", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{curve['condition']} (fill {curve['fill']}); dotted: original", fontsize=8)
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
 
 
 def _nan(value: float | None) -> float:

@@ -102,3 +102,21 @@ def test_describe_slices_and_the_text() -> None:
     assert "less: *normal* 0/12 (0 %) vs 24/24 (100 %)" in text
     assert description_text(None) == "–"
     assert describe_slice(ind, np.ones(36, bool))["enriched"] == []  # no rest: nothing to say
+
+
+def test_within_label_descriptions_leave_the_label_out() -> None:
+    # 20 positives ("pneumothorax", half with a tube), 20 negatives ("clear"); the slice is
+    # 8 negatives, 6 with a tube (1 of the 12 other negatives has one)
+    reports = [f"pneumothorax{' tube' if i % 2 else ''}" for i in range(20)]
+    reports += [f"clear{' tube' if i < 6 or i == 10 else ''}" for i in range(20)]
+    labels = np.r_[np.ones(20, int), np.zeros(20, int)]
+    assign = np.r_[np.ones(20, int), np.zeros(8, int), np.ones(12, int)]
+    ind = indicator_table(pd.DataFrame({"report": reports}), "report", min_count=3)
+    against_all = describe_slices(ind, assign, labels=None, min_count=3, alpha=1.0)["0"]
+    assert "clear" in [r["feature"] for r in against_all["enriched"]]  # the label's own word
+    within = describe_slices(ind, assign, labels=labels, min_count=3, alpha=1.0)["0"]
+    assert within["label"] == 0 and (within["n"], within["n_reference"]) == (8, 12)
+    assert [r["feature"] for r in within["enriched"]] == ["clear tube", "tube"]  # tie: by name
+    row = within["enriched"][0]
+    assert (row["in_slice"], row["slice_size"], row["rest"], row["rest_size"]) == (6, 8, 1, 12)
+    assert description_text(within).startswith("[label 0] more: *clear tube* 6/8 (75 %) vs 1/12")

@@ -36,7 +36,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from spatialspec.audit.base import Audit, AuditResult, fmt, register_audit, write_result
-from spatialspec.audit.describe import describe_slices, indicator_table
+from spatialspec.audit.describe import SliceDescriber
 from spatialspec.audit.embeddings import embed, reduce_embeddings
 from spatialspec.audit.mixture import DEFAULT_WEIGHT, ErrorAwareMixture
 from spatialspec.audit.modalities import (
@@ -126,6 +126,7 @@ def audit_slices(
     text_column: str | None = None,
     text_encoder: str | Path | None = None,
     describe_min_count: int = 5,
+    describe_against: str = "label",
 ) -> dict[str, Any]:
     """Discover the slices where a checkpoint fails on ``split``, in every modality.
 
@@ -152,6 +153,9 @@ def audit_slices(
         text_column: Report column (None: ``report`` where present).
         text_encoder: Folder of a local sentence encoder (None: TF-IDF + SVD).
         describe_min_count: The describer's minimum count of an indicator.
+        describe_against: ``"label"``: a slice is described against the other images of its
+            majority label (what the label itself brings is not listed); ``"rest"``: against
+            every other image.
 
     Returns:
         :func:`discover_slices`'s dict (image embeddings, fitted on ``split``) plus
@@ -181,6 +185,7 @@ def audit_slices(
         "text_column": text_column,
         "text_encoder": text_encoder,
         "min_count": describe_min_count,
+        "describe_against": describe_against,
         "features": features,
     }
     with threadpool_limits(limits=1):  # small arrays: BLAS/OpenMP threads cost more than they give
@@ -293,7 +298,7 @@ def _modality_evaluation(
     sets = {m: (m,) for m in used}
     if len(used) > 1:
         sets["combined"] = tuple(used)
-    describe = _describer(test.frame, info, options)
+    describe = _describer(test, info, options)
     why = "" if val is not None else f"the audited split is {split}, so there is no other to fit on"
     fit_data = None if val is None else SplitData(fit_blocks, val.labels, val.scores)
     evaluated = evaluate_modality_sets(
@@ -318,31 +323,23 @@ def _modality_evaluation(
             "min_count": options["min_count"],
             "text_column": describe.text_column,
             "metadata_columns": describe.metadata_columns,
+            "against": "the other images of the slice's majority label"
+            if describe.labels is not None
+            else "every other image",
         },
     }, describe
 
 
-class _Describer:
-    """``describe(assign, names)`` of the audited split's rows (:func:`describe_slices`)."""
-
-    def __init__(
-        self, frame: pd.DataFrame, text_column: str | None, columns: list[str], min_count: int
-    ) -> None:
-        self.text_column, self.metadata_columns, self.min_count = text_column, columns, min_count
-        self.indicators = indicator_table(frame, text_column, columns, min_count=min_count)
-
-    def __call__(self, assign: np.ndarray, names: list[Any]) -> dict[str, Any]:
-        return describe_slices(self.indicators, assign, names, min_count=self.min_count)
-
-
-def _describer(frame: pd.DataFrame, info: dict[str, Any], options: dict[str, Any]) -> _Describer:
+def _describer(test: _Split, info: dict[str, Any], options: dict[str, Any]) -> SliceDescriber:
     """The describer over the report column and metadata columns the manifest has."""
+    frame = test.frame
     text = options["text_column"] or DEFAULT_TEXT_COLUMN
     text = text if text in frame.columns else None
     meta = info.get("metadata", {})
     columns = meta.get("columns") or options["metadata_columns"] or DEFAULT_METADATA_COLUMNS
     columns = [c for c in columns if c in frame.columns]
-    return _Describer(frame, text, columns, options["min_count"])
+    labels = test.labels if options["describe_against"] == "label" else None
+    return SliceDescriber(test.frame, text, columns, options["min_count"], labels)
 
 
 def _image_evaluation(evaluation: dict[str, Any], split: str) -> dict[str, Any] | None:
@@ -362,7 +359,7 @@ def _image_evaluation(evaluation: dict[str, Any], split: str) -> dict[str, Any] 
     }
 
 
-def _describe_main(result: dict[str, Any], describe: _Describer) -> None:
+def _describe_main(result: dict[str, Any], describe: SliceDescriber) -> None:
     """Describe the main table's slices (fitted on the audited split), in place."""
     k = len(result["slices"])
     texts = describe(result["_assign"] - 1, list(range(1, k + 1)))
@@ -499,6 +496,13 @@ def add_slices_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=5,
         help="the describer's minimum count of a token or value (default 5)",
     )
+    p.add_argument(
+        "--describe-against",
+        choices=("label", "rest"),
+        default="label",
+        help="describe a slice against the other images of its majority label "
+        "(default) or against every other image",
+    )
     p.add_argument("--limit", type=int, help="a seeded random subset of this many images")
     p.add_argument("--seed", type=int, default=0, help="subset, PCA, SVD and EM seed")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -527,6 +531,7 @@ def run_slices(args: argparse.Namespace) -> dict[str, Any]:
         text_column=args.text_column,
         text_encoder=args.text_encoder,
         describe_min_count=args.describe_min_count,
+        describe_against=args.describe_against,
     )
     paths = write_slices(result, args.out)
     top = result["top_slice"]

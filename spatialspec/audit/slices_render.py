@@ -142,7 +142,12 @@ def modality_evaluation_markdown(evaluation: dict[str, Any] | None) -> list[str]
             lines.append(f"| {name} | (attribute unknown) | – | – | – | – | – | – | – | – | 0 |")
         for group, r in ev["subgroups"].items():
             lines.append(_evaluation_row(name, group, r))
-    return [*lines, "", *_description_lines(sets), ""]
+    return [
+        *lines,
+        "",
+        *_description_lines(sets, evaluation.get("describer", {}).get("against", "?")),
+        "",
+    ]
 
 
 def _modality_lines(evaluation: dict[str, Any]) -> list[str]:
@@ -215,14 +220,15 @@ def _evaluation_row(name: str, group: str, r: dict[str, Any] | None) -> str:
     return "| " + " | ".join(cells) + f" | {r['n_subgroup']} |"
 
 
-def _description_lines(sets: dict[str, Any]) -> list[str]:
+def _description_lines(sets: dict[str, Any], against: str) -> list[str]:
     """Per modality set: the top slices by error gap and those chosen for a subgroup."""
     lines = [
         "### Slice descriptions (report tokens and metadata values, slice vs the rest)",
         "",
-        "Counts are images with the token or value in the slice vs in the rest of the split; "
-        "listed when Fisher's exact test (one-sided, Bonferroni) gives p < 0.05, strongest "
-        "log-odds z first.",
+        "Counts are images with the token or value in the slice vs in its reference: "
+        f"{against}. Listed when Fisher's exact test (one-sided, Bonferroni over the tokens and "
+        "values) gives p < 0.05, strongest log-odds z first; `[label y]`: described within "
+        "label y.",
         "",
     ]
     for name, ev in sets.items():

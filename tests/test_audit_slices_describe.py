@@ -35,8 +35,10 @@ def test_indicators_of_tokens_and_metadata_values() -> None:
     frame, _ = hand_table()
     ind = indicator_table(frame, "report", ["view", "age"], min_count=3)
     names = dict(zip(ind.names, np.asarray(ind.matrix.sum(axis=0)).ravel(), strict=True))
-    assert names["tube"] == 15 and names["chest tube"] == 15 and names["drain"] == 6
-    assert names["normal"] == 24 and names["normal heart"] == 21
+    assert names["chest tube"] == 15 and names["tube drain"] == 6  # merged: same images
+    aliases = dict(zip(ind.names, ind.aliases, strict=True))
+    assert aliases["chest tube"] == ["chest", "tube"] and aliases["tube drain"] == ["drain"]
+    assert names["normal"] == 24 and names["normal heart"] == 21 and "heart" not in names
     assert names["view=AP"] == 18 and names["view=PA"] == 15 and names["view=(missing)"] == 3
     ages = [n for n in ind.names if n.startswith("age in")]
     assert ages == [
@@ -53,7 +55,7 @@ def test_enrichment_counts_log_odds_and_fisher_by_hand() -> None:
     frame, members = hand_table()
     ind = indicator_table(frame, "report", ["view"], min_count=3)
     stats = enrichment(ind, members, prior=0.5)
-    j = ind.names.index("tube")
+    j = ind.names.index("chest tube")
     a, b, n1, n0 = 12, 3, 12, 24
     assert (stats["in_slice"][j], stats["rest"][j]) == (a, b)
     assert (stats["slice_size"], stats["rest_size"]) == (n1, n0)
@@ -69,26 +71,26 @@ def test_describe_slice_ranks_enriched_and_depleted() -> None:
     frame, members = hand_table()
     ind = indicator_table(frame, "report", ["view"], min_count=3)
     out = describe_slice(ind, members, top=3, min_count=3)
-    z = enrichment(ind, members)["z"]
     enriched = [r["feature"] for r in out["enriched"]]
-    assert enriched[0] in ("tube", "chest tube", "chest")  # all three: 12/12 vs 3/24
-    assert [r["z"] for r in out["enriched"]] == sorted(
-        (r["z"] for r in out["enriched"]), reverse=True
-    )
-    assert max(z) == pytest.approx(out["enriched"][0]["z"])
+    assert enriched[0] == "chest tube"  # 12/12 vs 3/24 (also "chest" and "tube" alone)
+    assert out["enriched"][0]["same_images_as"] == ["chest", "tube"]
+    lower = [r["log_odds_95"][0] for r in out["enriched"]]  # ranked by the interval's lower end
+    assert lower == sorted(lower, reverse=True)
+    stats = enrichment(ind, members)
+    assert max(stats["log_odds"] - 1.959964 * stats["se"]) == pytest.approx(lower[0])
     depleted = [r["feature"] for r in out["depleted"]]
     assert depleted[0] == "normal"  # 0/12 vs 24/24
     row = out["depleted"][0]
     assert (row["in_slice"], row["slice_size"], row["rest"], row["rest_size"]) == (0, 12, 24, 24)
     assert row["share_in_rest"] == 1.0 and row["p_value"] < 0.05 / ind.n_features
-    # view=AP: 12/12 vs 6/24, enriched but below the three tube tokens (12/12 vs 3/24)
+    # view=AP: 12/12 vs 6/24, enriched but below the tube phrase (12/12 vs 3/24)
     assert out["n"] == 12
     full = describe_slice(ind, members, top=50, min_count=3)
     assert "view=AP" in [r["feature"] for r in full["enriched"]]
-    assert "drain" in [r["feature"] for r in full["enriched"]]  # 6/12 vs 0/24
+    assert "tube drain" in [r["feature"] for r in full["enriched"]]  # 6/12 vs 0/24
     # a rare token below min_count in the slice is not listed
     strict = describe_slice(ind, members, top=50, min_count=7)
-    assert "drain" not in [r["feature"] for r in strict["enriched"]]
+    assert "tube drain" not in [r["feature"] for r in strict["enriched"]]
 
 
 def test_describe_slices_and_the_text() -> None:

@@ -4,21 +4,25 @@ Domino names a slice by the CLIP text embedding closest to it; offline, with the
 report text and metadata, we count instead. Every image gets binary *indicators*: each word
 unigram and bigram of its report (lowercased, the text modality's tokeniser) and each metadata
 value (a categorical column's value, or a numeric column's quartile bin on the described split,
-missing as ``(missing)``). Only indicators present in at least ``min_count`` images are kept.
+missing as ``(missing)``). Only indicators present in at least ``min_count`` images are kept,
+and indicators present in exactly the same images are merged (named by the longest, the others
+kept as ``same_images_as``: a templated phrase is one feature, not five).
 
-For a slice S of n1 images among N (the rest: n0 = N - n1) and an indicator present in a images
-of S and b of the rest:
+For a slice S of n1 images, compared with n0 reference images, and an indicator present in a
+images of S and b of the reference:
 
 - **log-odds ratio with a prior** ``α`` (a pseudo-count in each cell, 0.5 by default,
-  Haldane–Anscombe): ``log((a+α)/(n1-a+α)) - log((b+α)/(n0-b+α))``, its standard error
-  ``sqrt(Σ 1/(cell+α))`` and z = log-odds / SE (ranking by z, as Monroe et al.'s "fightin'
-  words", prefers features that are both frequent and lopsided);
+  Haldane–Anscombe): ``log((a+α)/(n1-a+α)) - log((b+α)/(n0-b+α))``, with its standard error
+  ``sqrt(Σ 1/(cell+α))`` and z = log-odds / SE;
 - **Fisher's exact test**, one-sided (scipy's hypergeometric tail: P(X >= a) for enrichment,
   P(X <= a) for depletion), Bonferroni-corrected over the indicators.
 
-A slice's description lists the ``top`` indicators by z among those enriched (a >= min_count,
-corrected p < ``alpha``) and those depleted (b >= min_count, corrected p < ``alpha``), each
-with its counts.
+A slice's description lists the ``top`` indicators among those enriched (a >= min_count,
+corrected p < ``alpha``) by the lower end of the log-odds ratio's 95 % interval
+(``log-odds - 1.96 SE``: the smallest effect the counts support), and among those depleted
+(b >= min_count, corrected p < ``alpha``) by the upper end, each with its counts. (The log-odds
+ratio alone favours rare features, 5 of 100 vs 0 of 700; its z favours frequent ones with a
+small effect.)
 
 **Against what.** The error-aware mixture makes slices pure in the label, so against every
 other image a slice's description is mostly its label ("pneumothorax" in a slice of positives).
@@ -30,7 +34,7 @@ lists what sets the slice apart beyond its label (on the synthetic benchmark: th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -52,6 +56,9 @@ __all__ = [
     "indicator_table",
 ]
 
+#: The 97.5 % quantile of the standard normal (a two-sided 95 % interval).
+Z95 = 1.959963984540054
+
 
 @dataclass
 class Indicators:
@@ -61,11 +68,14 @@ class Indicators:
         matrix: (N, F) sparse 0/1 matrix.
         names: F feature names (``"tube"``, ``"chest tube"``, ``"view=AP"``, ``"age in [41, 55)"``).
         kinds: F kinds, ``"token"`` or ``"metadata"``.
+        aliases: F lists of the other names of features present in exactly the same images
+            (merged into one: ``"projects over"`` for ``"projects"``, ``"over the"``, ...).
     """
 
     matrix: sparse.csr_matrix
     names: list[str]
     kinds: list[str]
+    aliases: list[list[str]] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -144,7 +154,29 @@ def indicator_table(
         names += [str(c) for c in dummies.columns]
         kinds += ["metadata"] * dummies.shape[1]
     matrix = sparse.hstack(mats).tocsr() if mats else sparse.csr_matrix((len(frame), 0))
-    return Indicators(matrix, names, kinds)
+    return _merge_identical(Indicators(matrix, names, kinds))
+
+
+def _merge_identical(ind: Indicators) -> Indicators:
+    """One feature per distinct set of images, named by its longest name (the others: aliases)."""
+    columns = ind.matrix.tocsc()
+    groups: dict[bytes, list[int]] = {}
+    for j in range(columns.shape[1]):
+        rows = columns.indices[columns.indptr[j] : columns.indptr[j + 1]]
+        groups.setdefault(np.sort(rows).tobytes(), []).append(j)
+    keep, aliases = [], []
+    for members in groups.values():
+        best = max(members, key=lambda j: (ind.kinds[j] == "metadata", len(ind.names[j]), -j))
+        keep.append(best)
+        aliases.append(sorted(ind.names[j] for j in members if j != best))
+    order = np.argsort(keep, kind="stable")
+    keep = [keep[i] for i in order]
+    return Indicators(
+        columns[:, keep].tocsr(),
+        [ind.names[j] for j in keep],
+        [ind.kinds[j] for j in keep],
+        [aliases[i] for i in order],
+    )
 
 
 def enrichment(
@@ -198,6 +230,7 @@ def _row(indicators: Indicators, stats: dict[str, Any], j: int, p: float) -> dic
     return {
         "feature": indicators.names[j],
         "kind": indicators.kinds[j],
+        "same_images_as": indicators.aliases[j] if indicators.aliases else [],
         "in_slice": a,
         "slice_size": n1,
         "rest": b,
@@ -205,6 +238,10 @@ def _row(indicators: Indicators, stats: dict[str, Any], j: int, p: float) -> dic
         "share_in_slice": a / n1 if n1 else None,
         "share_in_rest": b / n0 if n0 else None,
         "log_odds": float(stats["log_odds"][j]),
+        "log_odds_95": [
+            float(stats["log_odds"][j] - Z95 * stats["se"][j]),
+            float(stats["log_odds"][j] + Z95 * stats["se"][j]),
+        ],
         "z": float(stats["z"][j]),
         "p_value": float(p),
     }
@@ -234,7 +271,8 @@ def describe_slice(
 
     Returns:
         ``{"n", "n_reference", "enriched": [...], "depleted": [...]}``, rows with counts,
-        shares, log-odds, z and corrected p-value, strongest first.
+        shares, log-odds (with its 95 % interval), z and corrected p-value, strongest first
+        (see the module docstring).
     """
     members = np.asarray(members, bool)
     rest = ~members if reference is None else np.asarray(reference, bool) & ~members
@@ -252,9 +290,12 @@ def describe_slice(
     p_down = np.minimum(stats["p_depleted"] * f, 1.0)
     up = (stats["log_odds"] > 0) & (stats["in_slice"] >= min_count) & (p_up < alpha)
     down = (stats["log_odds"] < 0) & (stats["rest"] >= min_count) & (p_down < alpha)
-    order = np.argsort(-stats["z"], kind="stable")
-    out["enriched"] = [_row(indicators, stats, j, p_up[j]) for j in order if up[j]][:top]
-    out["depleted"] = [_row(indicators, stats, j, p_down[j]) for j in order[::-1] if down[j]][:top]
+    lower = stats["log_odds"] - Z95 * stats["se"]
+    upper = stats["log_odds"] + Z95 * stats["se"]
+    up_order = [j for j in np.argsort(-lower, kind="stable") if up[j]][:top]
+    down_order = [j for j in np.argsort(upper, kind="stable") if down[j]][:top]
+    out["enriched"] = [_row(indicators, stats, j, p_up[j]) for j in up_order]
+    out["depleted"] = [_row(indicators, stats, j, p_down[j]) for j in down_order]
     return out
 
 

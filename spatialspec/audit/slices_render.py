@@ -227,8 +227,8 @@ def _description_lines(sets: dict[str, Any], against: str) -> list[str]:
         "",
         "Counts are images with the token or value in the slice vs in its reference: "
         f"{against}. Listed when Fisher's exact test (one-sided, Bonferroni over the tokens and "
-        "values) gives p < 0.05, strongest log-odds z first; `[label y]`: described within "
-        "label y.",
+        "values) gives p < 0.05, ranked by the end of the log-odds ratio's 95 % interval "
+        "nearest 0; `[label y]`: described within label y.",
         "",
     ]
     for name, ev in sets.items():

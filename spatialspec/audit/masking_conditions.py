@@ -15,6 +15,7 @@ written back (re-normalised), so every other pixel is unchanged bit for bit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -293,6 +294,7 @@ class MaskingScorer:
         batch_size: Images per forward pass.
         cache: Masking -> :class:`Scored` computed so far.
         n_forward: Images passed through the network so far (the cost).
+        forward_seconds: Wall seconds spent in the network so far.
     """
 
     method: SpatialMethod
@@ -300,6 +302,7 @@ class MaskingScorer:
     batch_size: int = 64
     cache: dict[Masking, Scored] = field(default_factory=dict)
     n_forward: int = 0
+    forward_seconds: float = 0.0
 
     def __call__(self, masking: Masking) -> Scored:
         """The scores under ``masking`` (computed on first use)."""
@@ -348,8 +351,10 @@ class MaskingScorer:
                 ids,
                 reference[part],
             )
+            start_time = time.perf_counter()
             with torch.inference_mode():
                 out.append(self.method.score(images).float().cpu().numpy())
+            self.forward_seconds += time.perf_counter() - start_time
             self.n_forward += len(index)
         return np.concatenate(out).astype(float) if out else np.zeros(0)
 

@@ -59,7 +59,7 @@ def masking_markdown(result: Mapping[str, Any]) -> str:
         cost = result["cost"]
         lines.append(
             f"Network passes: {cost['images_forward']} images ({cost['maskings']} "
-            f"maskings), {cost['seconds']} s."
+            f"maskings), {cost['seconds']} s ({cost.get('network_seconds')} s in the network)."
         )
     meta = result.get("metadata", {})
     lines.append(f"git commit `{meta.get('git_commit')}`, created {meta.get('created')}.")

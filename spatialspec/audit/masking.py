@@ -173,6 +173,7 @@ def audit_masking(
         ``cost``, ``metadata``; and ``_example_images`` (arrays for the figure).
     """
     start = time.perf_counter()
+    _check_options(fills, dose_areas)
     method, config, data = load_model(checkpoint, manifest)
     mset = load_masking_set(load_audit_set(data, split, limit=limit, seed=seed))
     conditions, skipped = _resolve_conditions(conditions, mset, region, fill, data)
@@ -218,6 +219,16 @@ def audit_masking(
         "metadata": run_metadata(audit="masking"),
         "_example_images": _example_images(mset, examples, conditions, base),
     }
+
+
+def _check_options(fills: Sequence[str], dose_areas: Sequence[str]) -> None:
+    """Fail before any scoring on an unknown fill or dose-response area."""
+    for f in fills:
+        check_masking(None, fill=f)
+    unknown = [a for a in dose_areas if a not in DOSE_CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown dose-response area(s) {unknown}; valid: "
+                         f"{', '.join(DOSE_CONDITIONS)}")  # fmt: skip
 
 
 def _settings(base: Masking) -> dict[str, Any]:
@@ -300,9 +311,6 @@ def _curves(
 ) -> dict[str, dict[str, Any]]:
     """Area -> dose-response curve, for the areas some audited image has."""
     has = {"roi": scorer.mset.audit.has_roi_mask, "anatomy": scorer.mset.has_anatomy_mask}
-    unknown = [a for a in areas if a not in has]
-    if unknown:
-        raise ValueError(f"unknown dose-response area(s) {unknown}; valid: {', '.join(has)}")
     if not doses:
         return {}
     return {
@@ -321,8 +329,6 @@ def _fill_control(
     seed: int,
 ) -> dict[str, Any] | None:
     """The fill control over ``conditions`` (None with fewer than two fills)."""
-    for f in fills:
-        check_masking(None, fill=f)
     if len(fills) < 2 or not [c for c in conditions if c != "original"]:
         return None
     return fill_control(scorer, conditions, fills, base, n_resamples, seed)

@@ -271,3 +271,31 @@ def test_evaluation_metrics_from_predict_outputs(method: DetectMethod, tmp_path:
     assert metrics["n_positives_with_boxes"] == 2 and metrics["n_true_boxes"] == 2
     assert metrics["n_predicted_boxes"] == 3
     assert Path(metrics["boxes_file"]) == (tmp_path / "report.boxes.csv").resolve()
+
+
+def test_evaluate_checkpoint_reports_box_map_and_writes_boxes(
+    tmp_path: Path, quick_fit_args: list[str]
+) -> None:
+    from spatialspec.evaluation.render import report_markdown
+    from spatialspec.evaluation.runner import evaluate_checkpoint
+    from spatialspec.training import fit
+
+    small = [f"--model.{k}={v}" for k, v in SMALL_DETECTOR.items()]
+    info = fit(["--method", "detect", "--out_dir", str(tmp_path / "run"), *quick_fit_args,
+                "--trainer.limit_train_batches", "1", *small])  # fmt: skip
+    out = tmp_path / "report.json"
+    report = evaluate_checkpoint(info["last_checkpoint"], out, n_resamples=20, progress=False,
+                                 accelerator="cpu")  # fmt: skip
+    metrics = report["method_metrics"]
+    assert metrics["n_positives_with_boxes"] == 20  # the tiny test split's positives
+    assert metrics["box_map_50"] is None or 0.0 <= metrics["box_map_50"] <= 1.0
+    with (tmp_path / "report.boxes.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == metrics["n_predicted_boxes"]
+    assert {r["image_id"] for r in rows} <= set(report_ids(tmp_path / "report.predictions.csv"))
+    assert "| box_map_50 |" in report_markdown(report)
+
+
+def report_ids(path: Path) -> list[str]:
+    with path.open() as fh:
+        return [r["image_id"] for r in csv.DictReader(fh) if r["split"] == "test"]

@@ -2,7 +2,8 @@
 
 Domino names a slice by the CLIP text embedding closest to it; offline, with the manifest's
 report text and metadata, we count instead. Every image gets binary *indicators*: each word
-unigram and bigram of its report (lowercased, the text modality's tokeniser) and each metadata
+unigram and bigram of its report (lowercased, the text modality's tokeniser, English stop words
+but negations left out: "no pneumothorax" stays) and each metadata
 value (a categorical column's value, or a numeric column's quartile bin on the described split,
 missing as ``(missing)``). Only indicators present in at least ``min_count`` images are kept,
 and indicators present in exactly the same images are merged (named by the longest, the others
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.stats import hypergeom
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from spatialspec.audit.modalities import MISSING
 from spatialspec.audit.text_features import TOKEN_PATTERN, texts_of
@@ -56,6 +58,8 @@ __all__ = [
     "indicator_table",
 ]
 
+#: Words left out of the descriptions: sklearn's English stop words except negations.
+STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) - {"no", "not", "nor", "none", "without", "never"}
 #: The 97.5 % quantile of the standard normal (a two-sided 95 % interval).
 Z95 = 1.959963984540054
 
@@ -92,6 +96,7 @@ def _token_indicators(texts: list[str], min_count: int) -> tuple[sparse.csr_matr
         token_pattern=TOKEN_PATTERN,
         ngram_range=(1, 2),
         min_df=max(1, min_count),
+        stop_words=sorted(STOP_WORDS),
     )
     try:
         x = vec.fit_transform(texts)

@@ -335,3 +335,28 @@ def test_embed_encoder_and_decoder(tiny_checkpoints, tiny_synthetic: Path) -> No
     binary, _, _ = load_model(tiny_checkpoints["binary"], tiny_synthetic)
     with pytest.raises(ValueError, match="no decoder"):
         embed(binary, images, features="decoder")
+
+
+def test_audit_without_report_or_metadata_and_on_val(
+    tiny_checkpoints, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    from spatialspec.audit.slices import audit_slices, slices_ap
+
+    frame = pd.read_csv(tiny_synthetic)
+    bare = tiny_synthetic.parent / "bare_manifest.csv"  # beside the images: relative paths hold
+    frame.drop(columns=["report", "view", "age", "sex"]).to_csv(bare, index=False)
+    result = audit_slices(tiny_checkpoints["binary"], bare)
+    modal = result["modality_evaluation"]
+    assert set(modal["sets"]) == {"image"}
+    assert modal["modalities"]["text"]["status"] == "skipped"
+    assert "'report'" in modal["modalities"]["text"]["reason"]
+    assert modal["modalities"]["metadata"]["status"] == "skipped"
+    assert slices_ap(result)["text"] is None and slices_ap(result)["image"] is not None
+    on_val = audit_slices(tiny_checkpoints["binary"], tiny_synthetic, split="val", n_slices=4)
+    image = on_val["modality_evaluation"]["sets"]["image"]
+    assert image["fit_split"] == "eval" and "audited split is val" in image["protocol"]
+    assert on_val["subgroup_evaluation"]["fit_split"] == "val"  # fitted on the audited split
+    with pytest.raises(ValueError, match="no metadata column"):
+        audit_slices(tiny_checkpoints["binary"], bare, metadata_columns=["view"])

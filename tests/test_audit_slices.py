@@ -358,5 +358,3 @@ def test_audit_without_report_or_metadata_and_on_val(
     image = on_val["modality_evaluation"]["sets"]["image"]
     assert image["fit_split"] == "eval" and "audited split is val" in image["protocol"]
     assert on_val["subgroup_evaluation"]["fit_split"] == "val"  # fitted on the audited split
-    with pytest.raises(ValueError, match="no metadata column"):
-        audit_slices(tiny_checkpoints["binary"], bare, metadata_columns=["view"])

@@ -3,7 +3,7 @@
 The layers of a trained method are re-initialised group by group, from the score head inwards
 (:func:`randomization_layers`), and the attribution maps recomputed after each group; maps that
 stay similar (SSIM) to the trained model's do not depend on what the model learnt. Used by
-:mod:`spatialspec.audit.saliency`, whose attribution methods it calls.
+:mod:`spatialspec.audit.saliency`; the maps come from :mod:`spatialspec.audit.attributions`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from spatialspec.data.dataset import MEAN
+from spatialspec.audit.attributions import (
+    AttributionSettings,
+    ScoreModel,
+    check_attribution,
+    compute_maps,
+    settings_with,
+)
+from spatialspec.audit.saliency_metrics import ssim_maps
 
 __all__ = ["Layers", "cascading_randomization", "randomization_layers"]
 
@@ -48,8 +55,10 @@ def randomization_layers(method: nn.Module, probe: torch.Tensor) -> Layers:
 def _trace(method: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Module, Any]]:
     """``(module, output)`` of every module call of ``method.net`` on ``probe``, as they finish."""
     calls: list[tuple[nn.Module, Any]] = []
-    hooks = [m.register_forward_hook(lambda mod, _, out: calls.append((mod, out)))
-             for m in method.net.modules()]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda mod, _, out: calls.append((mod, out)))
+        for m in method.net.modules()
+    ]
     try:
         with torch.no_grad():
             method.score(probe)
@@ -68,8 +77,11 @@ def _decoder_stages(decoder: nn.Module, calls: list[tuple[nn.Module, Any]]) -> L
     blocks = [("center", getattr(decoder, "center", None))]
     blocks += [(f"block {i}", b) for i, b in enumerate(getattr(decoder, "blocks", [decoder]))]
     shapes = {id(mod): out.shape[-2:] for mod, out in calls if isinstance(out, torch.Tensor)}
-    stages = [(f"decoder {name} ({shapes[id(b)][0]}x{shapes[id(b)][1]})", [b])
-              for name, b in blocks if _has_params(b) and id(b) in shapes]  # fmt: skip
+    stages = [
+        (f"decoder {name} ({shapes[id(b)][0]}x{shapes[id(b)][1]})", [b])
+        for name, b in blocks
+        if _has_params(b) and id(b) in shapes
+    ]
     return stages[::-1]
 
 
@@ -104,8 +116,11 @@ def _producer(calls: list[tuple[nn.Module, Any]], feature: torch.Tensor) -> int 
     hits = [i for i, (_, out) in enumerate(calls) if out is feature]
     if not hits:
         shapes = (feature.shape, feature.permute(0, 2, 3, 1).shape)
-        hits = [i for i, (_, out) in enumerate(calls)
-                if isinstance(out, torch.Tensor) and out.shape in shapes]  # fmt: skip
+        hits = [
+            i
+            for i, (_, out) in enumerate(calls)
+            if isinstance(out, torch.Tensor) and out.shape in shapes
+        ]
     return hits[-1] if hits else None
 
 
@@ -133,40 +148,41 @@ def cascading_randomization(
     method_name: str,
     *,
     reference: np.ndarray | None = None,
-    batch_size: int = 32,
-    n_steps: int = 32,
-    baseline: float = MEAN,
+    settings: AttributionSettings | None = None,
     seed: int = 0,
-) -> list[tuple[str, float]]:
+    per_image: bool = False,
+    **overrides: Any,
+) -> list[tuple[str, Any]]:
     """Adebayo et al.'s cascading randomization: SSIM to the trained maps, layer by layer.
 
     On a copy of the model (``method`` is left untouched), the groups of
     :func:`randomization_layers` are re-initialised one after another, cumulatively (module
-    ``reset_parameters``, seeded with ``seed + group index``), and the maps recomputed after each.
+    ``reset_parameters``, seeded with ``seed + group index``), and the maps recomputed after each
+    (post-processed as every map: :func:`~spatialspec.audit.attributions.postprocess`).
 
     Args:
         method: The trained method.
         images: (N, C, S, S) normalised images.
-        method_name: Attribution method, one of :data:`ATTRIBUTIONS`.
-        reference: (N, S, S) maps of the trained model (computed when None).
-        batch_size: Images per attribution call.
-        n_steps: Integrated-gradients steps.
-        baseline: Raw intensity of the integrated-gradients baseline.
+        method_name: Attribution method, one of
+            :data:`~spatialspec.audit.attributions.ATTRIBUTIONS`.
+        reference: (N, S, S) post-processed maps of the trained model (computed when None).
+        settings: How to run the attribution method (default settings when None).
         seed: Seed of the re-initialisations.
+        per_image: Return each step's (N,) per-image SSIM instead of its mean.
+        **overrides: Fields of ``settings`` to change (e.g. ``n_steps=8``).
 
     Returns:
-        ``[(layer group, mean SSIM), ...]`` in randomization order.
+        ``[(layer group, mean SSIM or (N,) SSIM), ...]`` in randomization order; the last step
+        has every group randomised.
     """
-    from spatialspec.audit.saliency import ScoreModel, _check_attribution, _maps, ssim_maps
-
-    _check_attribution(method_name)
+    check_attribution(method_name)
+    settings = settings_with(settings, **overrides)
     model = ScoreModel(method)
-    settings = (batch_size, n_steps, baseline)
     if reference is None:
-        reference = _maps(model, images, method_name, *settings)
-    out = []
+        reference = compute_maps(model, images, method_name, settings)
+    out: list[tuple[str, Any]] = []
     for i, (name, modules) in enumerate(randomization_layers(model.method, images)):
         _randomize(modules, seed + i)
-        maps = _maps(model, images, method_name, *settings)
-        out.append((name, float(ssim_maps(reference, maps).mean())))
+        ssim = ssim_maps(reference, compute_maps(model, images, method_name, settings))  # (N,)
+        out.append((name, ssim if per_image else float(ssim.mean())))
     return out

@@ -3,9 +3,15 @@
 The audits are those of :data:`spatialspec.audit.base.AUDITS` (today masking, saliency and
 slices), run in name order. Each model gets ``OUT/<name>/<audit>.*``; ``OUT/summary.json`` holds
 each audit's headline numbers per model (``localization_auprc``, ``spurious_attribution_share``,
+``saliency_methods``: attribution method -> its four criteria and baselines,
 ``top_slice_precision``, ``masking``: condition -> robust AUROC, ...) with the seconds each audit
 took and, when models named ``binary`` and ``seg`` are both audited, the checks the paper's
 story predicts.
+
+Besides a model's checkpoint, an audit may use other models of the same data: a second
+training seed (``second_checkpoint``, audits with ``uses_second_checkpoint``), and lists of
+``replicates`` (training seeds) and ``other_architectures`` (another encoder), passed to audits
+that set ``uses_replicates`` (the saliency audit's repeatability and reproducibility).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def audit_model(
     *,
     manifest: str | Path | None = None,
     second_checkpoint: str | Path | None = None,
+    replicates: Sequence[str | Path] = (),
+    other_architectures: Sequence[str | Path] = (),
     saliency_limit: int | None = None,
     seed: int = 0,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -65,6 +73,8 @@ def audit_model(
     """Run every audit on one checkpoint; write their files; return their merged headlines.
 
     Args:
+        replicates: Other training seeds of the model (audits with ``uses_replicates``).
+        other_architectures: The model's method with other encoders on the same data (idem).
         options: Audit name -> extra :meth:`Audit.run` options (e.g. ``{"saliency":
             {"limit": 200}}``); ``saliency_limit`` is a shorthand for that one.
         audits: Names of the audits to run (default: every registered one).
@@ -75,8 +85,14 @@ def audit_model(
     times = {}
     for audit in _audits(audits):
         start = time.perf_counter()
+        extra = dict(options.get(audit.name, {}))
+        if getattr(audit, "uses_replicates", False):
+            extra |= {
+                "replicates": list(replicates),
+                "other_architectures": list(other_architectures),
+            }
         result = audit.run(checkpoint, manifest, seed=seed, second_checkpoint=second_checkpoint,
-                           **options.get(audit.name, {}))  # fmt: skip
+                           **extra)  # fmt: skip
         write_result(audit, result, out)
         times[audit.name] = time.perf_counter() - start
         for key, value in audit.headline(result).items():
@@ -102,14 +118,17 @@ def run_suite(
     *,
     manifest: str | Path | None = None,
     second_checkpoints: Mapping[str, str | Path] | None = None,
-    saliency_limit: int | None = 200,
+    replicates: Mapping[str, Sequence[str | Path]] | None = None,
+    other_architectures: Mapping[str, Sequence[str | Path]] | None = None,
+    saliency_limit: int | None = None,
     seed: int = 0,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     audits: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Audit every model; write ``OUT/summary.json`` and ``OUT/summary.md``.
 
-    ``options`` and ``audits`` are as in :func:`audit_model`.
+    ``second_checkpoints``, ``replicates`` and ``other_architectures`` map a model's name to
+    its other models; ``options`` and ``audits`` are as in :func:`audit_model`.
     """
     out = Path(out)
     per_model = {}
@@ -118,6 +137,8 @@ def run_suite(
         per_model[name] = audit_model(
             checkpoint, out / name, manifest=manifest,
             second_checkpoint=(second_checkpoints or {}).get(name),
+            replicates=(replicates or {}).get(name, ()),
+            other_architectures=(other_architectures or {}).get(name, ()),
             saliency_limit=saliency_limit, seed=seed, options=options, audits=audits,
         )  # fmt: skip
     checks = {}
@@ -170,6 +191,15 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+def _multi_pairs(values: list[str] | None, flag: str) -> dict[str, list[str]]:
+    """Repeated ``NAME=CHECKPOINT`` values -> name -> checkpoints, in order."""
+    out: dict[str, list[str]] = {}
+    for item in values or []:
+        name, path = next(iter(_pairs([item], flag).items()))
+        out.setdefault(name, []).append(path)
+    return out
+
+
 def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``spatialspec audit all``."""
     audits = _audits()
@@ -179,6 +209,11 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="a model to audit (repeat; binary and seg enable the checks)")  # fmt: skip
     p.add_argument("--second-checkpoint", action="append", metavar="NAME=CHECKPOINT",
                    help="another training seed of model NAME (saliency repeatability)")  # fmt: skip
+    p.add_argument("--replicate", action="append", metavar="NAME=CHECKPOINT",
+                   help="a training seed of model NAME (repeat; saliency)")  # fmt: skip
+    p.add_argument("--other-architecture", action="append", metavar="NAME=CHECKPOINT",
+                   help="model NAME's method with another encoder on the same data (repeat; "
+                   "saliency reproducibility)")  # fmt: skip
     p.add_argument("--manifest", help="data to audit (default: each run's manifest)")
     for audit in audits:
         audit.add_suite_arguments(p)
@@ -192,6 +227,8 @@ def run_suite_cli(args: argparse.Namespace) -> dict[str, Any]:
     summary = run_suite(
         _pairs(args.model, "--model"), args.out, manifest=args.manifest,
         second_checkpoints=_pairs(args.second_checkpoint, "--second-checkpoint"),
+        replicates=_multi_pairs(args.replicate, "--replicate"),
+        other_architectures=_multi_pairs(args.other_architecture, "--other-architecture"),
         saliency_limit=None, seed=args.seed,
         options={audit.name: audit.suite_options(args) for audit in _audits()},
     )  # fmt: skip

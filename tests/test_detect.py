@@ -194,6 +194,23 @@ def test_bad_hyper_parameters_are_errors(small_backbone: BackboneConfig) -> None
         make(backbone=small_backbone, min_stride=32)
 
 
+def test_box_branch_starts_at_the_anchor_box(small_backbone: BackboneConfig) -> None:
+    # torchvision's zero bias leaves the ReLU'd box branch at the edge of its dead zone
+    torch.manual_seed(0)
+    net = DetectorNet(small_backbone, DetectorConfig(**SMALL_DETECTOR)).eval()
+    with torch.no_grad():
+        outputs = net(torch.randn(2, 1, 32, 32))
+        boxes = net.decode_boxes(outputs)  # (2, L, 4)
+    regression = outputs["bbox_regression"]  # in strides; the head's initial noise is small
+    assert ((regression > 0.5) & (regression < 1.5)).all()
+    assert regression.mean().item() == pytest.approx(1.0, abs=0.1)
+    # about one stride to every side: a location at (16, 16) on the stride-4 level predicts
+    # about (12, 12, 20, 20)
+    index = 4 * 8 + 4  # row 4, column 4 of the 8 x 8 level
+    torch.testing.assert_close(boxes[0, index], torch.tensor([12.0, 12.0, 20.0, 20.0]),
+                               atol=2.0, rtol=0)  # fmt: skip
+
+
 def test_channels_last_detector_gives_the_same_outputs() -> None:
     cfg = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8)}
     x = torch.randn(2, 1, 32, 32)

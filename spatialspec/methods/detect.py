@@ -10,8 +10,10 @@ coordinates are documented in :mod:`spatialspec.models.detector`).
 The method turns each annotated row's target back into boxes, one per 8-connected component
 (:func:`~spatialspec.models.detector.masks_to_targets`, on the CPU). Those are the mask's own
 component boxes, except that boxes which touch or overlap merge into their common bounding box
-(none of the 400 training positives of the demo's synthetic draw). The data pipeline is not
-changed: batches stay dicts of fixed-shape tensors.
+(none of the 400 un-augmented training positives of the demo's synthetic draw do, though 28 of
+them have several components). Deriving the boxes costs 0.7 ms of CPU per batch of 16 at 64 px
+and 19 ms at 512 px; the data pipeline is not changed (batches stay dicts of fixed-shape
+tensors).
 
 **Loss.** Rows whose annotation is known (``mask_available == 1``) get FCOS's losses (sigmoid
 focal loss on every location, GIoU and centre-ness BCE on the locations assigned to a box); a

@@ -54,9 +54,22 @@ class RegionStub(nn.Module):
         self.net.encoder = _StubEncoder()
         self.register_buffer("region", torch.as_tensor(region, dtype=torch.float32))
 
-    def score(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         deepest = self.net.encoder(images * self.region)[-1]
-        return torch.sigmoid(deepest.mean(dim=(1, 2, 3)) - 1.0)  # (B,)
+        return deepest.mean(dim=(1, 2, 3)) - 1.0  # (B,) image logits
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)
+
+
+class PooledStub(RegionStub):
+    """A dense stub: pixel logits, scored by their probabilities' mean (as a dense method)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 20.0 * images * self.region - 5.0  # (B, 1, S, S) pixel logits, saturating
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs).mean(dim=(1, 2, 3))
 
 
 def _region() -> np.ndarray:
@@ -122,9 +135,21 @@ def test_score_model_leaves_the_method_untouched_and_taps_the_deepest_map() -> N
     seen = []
     model.deepest.register_forward_hook(lambda m, i, out: seen.append(out.shape))
     x = torch.rand(2, 1, S, S)
-    torch.testing.assert_close(model(x), stub.score(x))
+    torch.testing.assert_close(model(x), stub(x).double())  # the image logit
     assert seen == [torch.Size([2, 4, S // 4, S // 4])]
     assert not stub.net.encoder._forward_hooks  # the hook lives on the copy
+
+
+def test_score_model_explains_the_log_odds_of_the_score_without_saturating() -> None:
+    stub = PooledStub(_region())
+    x = torch.rand(3, 1, S, S) + 1.0  # pixel logits up to 35 inside the region
+    p = stub.scores(stub(x).double())
+    torch.testing.assert_close(ScoreModel(stub)(x), torch.log(p / (1 - p)))
+    assert (stub.scores(stub(x)) > 0.0).all()
+    grads = attribution_maps(stub, x, "gradient")
+    assert (grads.reshape(3, -1).max(axis=1) == 1.0).all()  # not blank: float64 log-odds
+    saturated = torch.full((1, 1, S, S), 10.0)  # every region pixel's probability is 1.0
+    assert torch.isfinite(ScoreModel(stub)(saturated)).all()
 
 
 def test_unknown_attribution_lists_the_valid_ones() -> None:

@@ -1,7 +1,10 @@
 """Attribution maps of a model's image-level score: Arun et al.'s eight methods.
 
-Every map explains :class:`ScoreModel`, the probability ``method.score`` ranks images by (for
-``binary`` the sigmoid of the image logit, for the dense methods the pooled pixel probability).
+Every map explains :class:`ScoreModel`: the log-odds of the probability ``method.score`` ranks
+images by (for ``binary`` its image logit, for the dense methods the logit of the pooled pixel
+probability, computed in float64). The log-odds rank images exactly as the score does, but do
+not saturate: a probability of 1.0 in float32 has a zero gradient, and the demo's binary model
+scores every SmoothGrad noisy copy 1.0, which made every SmoothGrad map blank.
 :data:`ATTRIBUTIONS` maps a name to a function ``(model, images, settings) -> raw maps``
 ((B, C, H, W) or (B, 1, H, W), signed where the method is); :func:`postprocess` turns every raw
 map into the map the audit compares, the same way for all (Arun et al.):
@@ -113,15 +116,23 @@ class AttributionSettings:
         return self.noise * (1.0 - 0.0) / STD
 
 
-class ScoreModel(nn.Module):
-    """(B, C, H, W) images -> (B,) image-level scores of a copy of a trained method, for captum.
+#: Clamp of the score before its log-odds (float64's smallest normal number and epsilon).
+_TINY, _EPS = float(np.finfo(np.float64).tiny), float(np.finfo(np.float64).eps)
 
-    The copy is in eval mode with frozen weights. A pass-through forward hook on its encoder
-    routes the deepest feature map through :attr:`deepest` (an ``nn.Identity``), so a layer
-    attribution (Grad-CAM) can target the last encoder stage of any smp encoder.
+
+class ScoreModel(nn.Module):
+    """(B, C, H, W) images -> (B,) log-odds of a trained method's image-level score, for captum.
+
+    For a method whose raw output is an image logit ``z`` with ``score = sigmoid(z)`` (``binary``)
+    the log-odds are ``z`` itself; otherwise ``log p - log(1 - p)`` of the score ``p`` computed
+    from float64 outputs (``p`` clamped inside (0, 1): exactly 0 or 1 in float64 means a logit
+    beyond ~37, where the gradient is cut). The copy is in eval mode with frozen weights. A
+    pass-through forward hook on its encoder routes the deepest feature map through
+    :attr:`deepest` (an ``nn.Identity``), so a layer attribution (Grad-CAM) can target the last
+    encoder stage of any smp encoder.
 
     Args:
-        method: A trained method (anything with ``net.encoder`` and ``score(images)``).
+        method: A trained method (anything with ``net.encoder``, ``forward`` and ``scores``).
     """
 
     def __init__(self, method: nn.Module) -> None:
@@ -136,7 +147,14 @@ class ScoreModel(nn.Module):
         return [*features[:-1], self.deepest(features[-1])]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.method.score(images)  # (B,)
+        outputs = self.method(images)  # (B,) image logits, (B, 1, H, W) pixel logits, ...
+        if torch.is_tensor(outputs):
+            outputs = outputs.double()
+        p = self.method.scores(outputs)  # (B,)
+        if torch.is_tensor(outputs) and outputs.ndim == 1 and torch.equal(p, outputs.sigmoid()):
+            return outputs  # the image logit: the score's log-odds exactly
+        p = p.double().clamp(_TINY, 1.0 - _EPS)
+        return torch.log(p) - torch.log1p(-p)  # (B,)
 
 
 Attribution = Callable[[ScoreModel, torch.Tensor, AttributionSettings], torch.Tensor]

@@ -94,7 +94,7 @@ __all__ = [
 #: ``make audit`` (2 models, 3 seeds + 1 other architecture each, all methods) stays in budget.
 DEFAULT_N_IMAGES = 64
 DEFAULT_EXPENSIVE_IMAGES = 12
-DEFAULT_RANDOMIZATION_IMAGES = 12
+DEFAULT_RANDOMIZATION_IMAGES = 16
 
 #: Attribution method whose numbers ``audit all``'s flat headline keys report (the first method
 #: audited when it is not among them); every method's numbers are under ``saliency_methods``.
@@ -159,7 +159,8 @@ def audit_saliency(
         seed: Subset, pairing, bootstrap and randomization seed.
         batch_size: Images per attribution call.
         expensive_images: Images (a nested subset) for the expensive methods (None: all).
-        randomization_images: Images (a nested subset) for cascading randomization.
+        randomization_images: Images (a nested subset) for cascading randomization, at most
+            half of a method's images (it costs one set of maps per layer group).
         n_steps: Integrated-gradients steps (IG, smooth IG, XRAI).
         baseline: Raw intensity in [0, 1] of the integrated-gradients baseline image.
         noise: Noise-tunnel standard deviation as a fraction of the input range.
@@ -226,7 +227,7 @@ def audit_saliency(
     rows = smallest[figure_rows(audit.labels[smallest], audit.has_spurious_mask[smallest])]
     for name in ran:
         idx = _prefix(order, sizes[name])
-        ridx = _prefix(order, min(randomization_images, len(idx)))
+        ridx = _prefix(order, min(randomization_images, max(2, len(idx) // 2)))
         results[name], maps = audit_method(name, ctx, idx, ridx)
         figure_maps[name] = maps[np.searchsorted(idx, rows)]
     return {
@@ -370,7 +371,7 @@ def add_saliency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "--randomization-images",
         type=int,
         default=DEFAULT_RANDOMIZATION_IMAGES,
-        help="images used by cascading randomization",
+        help="images for cascading randomization (at most half of a method's images)",
     )
     p.add_argument("--n-steps", type=int, default=32, help="integrated-gradients steps")
     p.add_argument("--nt-samples", type=int, default=25, help="SmoothGrad samples")
@@ -465,6 +466,7 @@ def method_headlines(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "spurious_lift": r["spurious_attribution_share"]["lift"],
             "passes": data["verdicts"].get(name, {}),
             "seconds": r["seconds"],
+            "cpu_seconds": r["cpu_seconds"],
         }
     return out
 

@@ -244,9 +244,10 @@ def audit_method(
         The JSON-ready result (``localization_auprc``, ``localization_baselines``,
         ``spurious_attribution_share``, ``similarity_floor``, ``randomization`` (the curve),
         ``randomization_test``, ``repeatability``, ``reproducibility``, ``n_images``,
-        ``seconds``) and the (len(idx), S, S) maps of the audited model.
+        ``seconds`` (wall) and ``cpu_seconds`` (the process's CPU time, all threads)) and the
+        (len(idx), S, S) maps of the audited model.
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     audit, images = ctx.audit, ctx.audit.images[idx]
     maps = compute_maps(ctx.model, images, name, ctx.settings)
     loc, baselines = _localization(maps, ctx, idx)
@@ -271,4 +272,5 @@ def audit_method(
     for criterion in ("repeatability", "reproducibility"):
         result[criterion] = _similarity(seeds, others, floor["per_image"], criterion, ctx.seed)
     result["seconds"] = round(time.perf_counter() - start, 2)
+    result["cpu_seconds"] = round(time.process_time() - cpu, 2)
     return result, maps

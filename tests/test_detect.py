@@ -316,3 +316,21 @@ def test_evaluate_checkpoint_reports_box_map_and_writes_boxes(
 def report_ids(path: Path) -> list[str]:
     with path.open() as fh:
         return [r["image_id"] for r in csv.DictReader(fh) if r["split"] == "test"]
+
+
+def test_audit_hooks_see_the_detector(method: DetectMethod) -> None:
+    from spatialspec.audit.attributions import ScoreModel
+    from spatialspec.audit.embeddings import embed
+    from spatialspec.audit.randomization import randomization_layers
+    from spatialspec.audit.saliency_criteria import pixel_probabilities
+
+    images = torch.randn(3, 1, 32, 32)
+    embeddings, scores = embed(method, images)
+    assert embeddings.shape == (3, 48)  # pooled deepest encoder map of the small encoder
+    torch.testing.assert_close(torch.from_numpy(scores).float(), method.score(images))
+    assert pixel_probabilities(method, images) is None  # boxes, no pixel map
+    layers = [name for name, _ in randomization_layers(method, images)]
+    assert layers[0] == "pixel_head" and layers[1].startswith("encoder stage")
+    x = images.clone().requires_grad_(True)
+    ScoreModel(method)(x).sum().backward()  # the score's log-odds, for captum
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -89,7 +89,8 @@ def training_masks(data: Any, size: int) -> np.ndarray:
 def pixel_probabilities(method: nn.Module, images: torch.Tensor) -> np.ndarray | None:
     """(N, S, S) pixel probabilities of a dense method; None for an image-level one."""
     with torch.no_grad():
-        if method(images[:1]).ndim != 4:
+        probe = method(images[:1])  # detect's raw outputs are a dict of head outputs
+        if not torch.is_tensor(probe) or probe.ndim != 4:
             return None
         parts = [torch.sigmoid(method(x))[:, 0] for x in images.split(32)]  # (b, S, S)
     return torch.cat(parts).float().numpy()

@@ -284,7 +284,7 @@ def _metadata(
         encoder=method.backbone.encoder_name,
         pooling=hp.get("pooling"),
         activations=activations(method),
-        attribution_target="image-level score (method.score: probability)",
+        attribution_target="log-odds of the image-level score (method.score: probability)",
     )
 
 

@@ -165,7 +165,7 @@ def _header(result: Mapping[str, Any]) -> list[str]:
         "# Saliency audit (Arun et al. 2021)",
         "",
         f"- checkpoint `{meta.get('checkpoint')}` (method `{meta.get('method')}`, encoder "
-        f"`{meta.get('encoder')}`{pooling}); maps explain the image-level score",
+        f"`{meta.get('encoder')}`{pooling}); maps explain the log-odds of the image-level score",
         f"- split `{result['split']}`: {result['n_images']} images, {result['n_positive']} "
         f"positive, {result['n_with_spurious_mask']} with a spurious mask; expensive methods "
         f"on {st['expensive_images']} of them, cascading randomization on "

@@ -22,6 +22,16 @@ from spatialspec.sweep.plan import NO_BUDGET, budget_key
 CHART = "robust_auroc_vs_masks.png"
 
 
+def distinct_colours(n: int) -> list[Any]:
+    """``n`` colours that stay apart: matplotlib's 10-colour cycle, then ``tab20`` for more."""
+    import matplotlib.pyplot as plt
+
+    if n <= 10:
+        return plt.rcParams["axes.prop_cycle"].by_key()["color"][:n]
+    cmap = plt.get_cmap("tab20")
+    return [cmap(i % 20) for i in range(n)]
+
+
 def plot_sweep(frame: pd.DataFrame, path: str | Path, table: pd.DataFrame | None = None) -> Path:
     """Robust AUROC vs. number of masks (symlog x, so 0 shows): one line per dense method
     (mean and seed-aware 95 % band); methods without masks as horizontal bands.
@@ -38,9 +48,9 @@ def plot_sweep(frame: pd.DataFrame, path: str | Path, table: pd.DataFrame | None
 
     table = aggregate(frame) if table is None else table
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = distinct_colours(table["method"].nunique() if len(table) else 0)
     for i, (method, group) in enumerate(table.groupby("method", sort=False) if len(table) else []):
-        colour = colours[i % len(colours)]
+        colour = colours[i]
         if (group["budget"] == NO_BUDGET).all():
             _reference_band(ax, method, group.iloc[0], colour)
         elif budget_key(method) == "data.mask_budget":

@@ -19,6 +19,7 @@ import pandas as pd
 
 from spatialspec.data.io import atomic_open
 from spatialspec.sweep.plan import NO_BUDGET
+from spatialspec.sweep.plot import distinct_colours
 
 COST_CHART = "robust_auroc_vs_annotation_hours.png"
 
@@ -35,12 +36,16 @@ def _lines(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def _draw(ax: Any, label: str, group: pd.DataFrame, colour: str) -> None:
+#: Markers cycled over the lines, so that lines of similar colours stay apart.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _draw(ax: Any, label: str, group: pd.DataFrame, colour: Any, marker: str) -> None:
     x = group["hours"].to_numpy(float)
     y = group["robust_auroc_mean"].to_numpy(float)
     lo, hi = group["robust_auroc_lo"].to_numpy(float), group["robust_auroc_hi"].to_numpy(float)
     err = np.vstack([np.where(np.isfinite(lo), y - lo, 0), np.where(np.isfinite(hi), hi - y, 0)])
-    ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", color=colour, capsize=3,
+    ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker=marker, color=colour, capsize=3,
                 lw=1.2, label=label)  # fmt: skip
     for xi, yi, budget in zip(x, y, group["budget"], strict=True):
         if budget != NO_BUDGET:
@@ -64,10 +69,11 @@ def plot_cost(table: pd.DataFrame, path: str | Path) -> Path:
     table = table.copy()
     table["hours"] = pd.to_numeric(table.get("annotation_seconds"), errors="coerce") / 3600
     known = table.dropna(subset=["hours", "robust_auroc_mean"]) if len(table) else table
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, group) in enumerate(_lines(known) if len(known) else []):
-        _draw(ax, label, group, colours[i % len(colours)])
+    lines = _lines(known) if len(known) else []
+    fig, ax = plt.subplots(figsize=(6.4 + (1.4 if len(lines) > 6 else 0), 4.0), dpi=120)
+    colours = distinct_colours(len(lines))
+    for i, (label, group) in enumerate(lines):
+        _draw(ax, label, group, colours[i], MARKERS[i % len(MARKERS)])
     _style_axes(ax, known)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
@@ -94,5 +100,8 @@ def _style_axes(ax: Any, known: pd.DataFrame) -> None:
     ax.set_ylim(-0.03, 1.05)
     ax.set_ylabel("test robust AUROC (mean, seed-aware 95 % CI)")
     ax.set_title("Robust AUROC per annotation hour", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > 6:  # beside the axes: inside, a dozen entries hide points
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    elif handles:
         ax.legend(loc="best", fontsize=8)

@@ -131,6 +131,7 @@ def test_pruned_networks_train_every_parameter(small_backbone) -> None:
         "image": torch.randn(4, 1, 64, 64), "label": torch.tensor([1.0, 0, 1, 0]),
         "mask": (torch.rand(4, 1, 64, 64) > 0.9).float(),
         "mask_available": torch.tensor([1.0, 1, 0, 0]), "spurious": torch.zeros(4),
+        "image_id": ["a", "b", "c", "d"],
     }  # fmt: skip
     for name in METHODS.names():
         model = METHODS.get(name)(backbone=small_backbone)

@@ -229,15 +229,9 @@ class DetectorNet(FCOS):
         """FCOS's per-location head (class, box and centre-ness branches)."""
         return self.head
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Check that (B, C, H, W) ``x`` fits the encoder; return it in the net's memory order."""
-        h, w = x.shape[-2:]
-        if h % self.stride or w % self.stride:
-            raise ValueError(
-                f"input of {h}x{w} pixels: both sides must be divisible by {self.stride} "
-                "(2**encoder_depth); change data.image_size"
-            )
-        return x.contiguous(memory_format=self.memory_format)
+    #: Checks that (B, C, H, W) ``x`` fits the encoder; returns it in the net's memory order
+    #: (the shared network's check: both have ``stride`` and ``memory_format``).
+    prepare = SpatialNet.prepare
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:  # type: ignore[override]
         """(B, C, H, W) normalised images -> raw FCOS outputs over all L locations.

@@ -22,7 +22,7 @@ from spatialspec.audit.attributions import (
     xrai_segments,
 )
 from spatialspec.audit.saliency_metrics import localization_auprc, spurious_attribution_share
-from spatialspec.methods import get_method
+from spatialspec.methods import SpatialMethod, get_method
 from spatialspec.models import BackboneConfig
 
 S = 32
@@ -61,6 +61,9 @@ class RegionStub(nn.Module):
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(outputs)
 
+    def log_odds(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.double()  # as binary: the image logit
+
 
 class PooledStub(RegionStub):
     """A dense stub: pixel logits, scored by their probabilities' mean (as a dense method)."""
@@ -70,6 +73,9 @@ class PooledStub(RegionStub):
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(outputs).mean(dim=(1, 2, 3))
+
+    def log_odds(self, outputs: torch.Tensor) -> torch.Tensor:
+        return SpatialMethod.log_odds(self, outputs)  # the shared float64 recipe
 
 
 def _region() -> np.ndarray:

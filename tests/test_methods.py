@@ -84,6 +84,15 @@ class MethodTester:
         assert scores.shape == (5,)
         assert ((scores >= 0) & (scores <= 1)).all()
 
+    def test_log_odds_are_those_of_the_score_in_float64(self, method: SpatialMethod) -> None:
+        method.eval()
+        images = make_batch(b=3)["image"]
+        with torch.no_grad():
+            log_odds = method.log_odds(method(images))
+            p = method.score(images).double()
+        assert log_odds.dtype == torch.float64 and log_odds.shape == (3,)
+        torch.testing.assert_close(log_odds, torch.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+
     def test_score_rejects_bad_input_size(self, method: SpatialMethod) -> None:
         method.eval()
         with pytest.raises(ValueError, match="divisible by 16"):

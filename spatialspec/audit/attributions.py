@@ -116,23 +116,18 @@ class AttributionSettings:
         return self.noise * (1.0 - 0.0) / STD
 
 
-#: Clamp of the score before its log-odds (float64's smallest normal number and epsilon).
-_TINY, _EPS = float(np.finfo(np.float64).tiny), float(np.finfo(np.float64).eps)
-
-
 class ScoreModel(nn.Module):
     """(B, C, H, W) images -> (B,) log-odds of a trained method's image-level score, for captum.
 
-    For a method whose raw output is an image logit ``z`` with ``score = sigmoid(z)`` (``binary``)
-    the log-odds are ``z`` itself; otherwise ``log p - log(1 - p)`` of the score ``p`` computed
-    from float64 outputs (``p`` clamped inside (0, 1): exactly 0 or 1 in float64 means a logit
-    beyond ~37, where the gradient is cut). The copy is in eval mode with frozen weights. A
+    The log-odds are the method's own (:meth:`~spatialspec.methods.SpatialMethod.log_odds`:
+    ``binary``'s image logit itself; otherwise ``log p - log(1 - p)`` of the score ``p``
+    computed from float64 outputs). The copy is in eval mode with frozen weights. A
     pass-through forward hook on its encoder routes the deepest feature map through
     :attr:`deepest` (an ``nn.Identity``), so a layer attribution (Grad-CAM) can target the last
     encoder stage of any smp encoder.
 
     Args:
-        method: A trained method (anything with ``net.encoder``, ``forward`` and ``scores``).
+        method: A trained method (anything with ``net.encoder``, ``forward`` and ``log_odds``).
     """
 
     def __init__(self, method: nn.Module) -> None:
@@ -147,14 +142,7 @@ class ScoreModel(nn.Module):
         return [*features[:-1], self.deepest(features[-1])]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        outputs = self.method(images)  # (B,) image logits, (B, 1, H, W) pixel logits, ...
-        if torch.is_tensor(outputs):
-            outputs = outputs.double()
-        p = self.method.scores(outputs)  # (B,)
-        if torch.is_tensor(outputs) and outputs.ndim == 1 and torch.equal(p, outputs.sigmoid()):
-            return outputs  # the image logit: the score's log-odds exactly
-        p = p.double().clamp(_TINY, 1.0 - _EPS)
-        return torch.log(p) - torch.log1p(-p)  # (B,)
+        return self.method.log_odds(self.method(images))  # (B,) float64
 
 
 Attribution = Callable[[ScoreModel, torch.Tensor, AttributionSettings], torch.Tensor]

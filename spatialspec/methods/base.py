@@ -20,6 +20,19 @@ from spatialspec.registry import Registry
 METHODS: Registry[type[SpatialMethod]] = Registry("method")
 
 
+#: Clamp of a probability before its log-odds (float64's smallest normal number and epsilon).
+_TINY, _EPS = torch.finfo(torch.float64).tiny, torch.finfo(torch.float64).eps
+
+
+def probability_log_odds(p: torch.Tensor) -> torch.Tensor:
+    """(B,) probabilities -> (B,) float64 ``log p - log(1 - p)``, ``p`` clamped inside (0, 1).
+
+    Exactly 0 or 1 in float64 means a logit beyond ~37, where the gradient is cut.
+    """
+    p = p.double().clamp(_TINY, 1.0 - _EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
 def get_method(name: str) -> type[SpatialMethod]:
     """The method class registered as ``name`` (KeyError listing valid names otherwise)."""
     return METHODS.get(name)
@@ -103,6 +116,17 @@ class SpatialMethod(L.LightningModule):
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B,) image-level probabilities."""
         return self.scores(self(images))
+
+    def log_odds(self, outputs: Any) -> torch.Tensor:
+        """Raw outputs -> (B,) float64 log-odds of the image-level score (what the saliency
+        audit's maps explain: they rank images as the score does but do not saturate).
+
+        Default: :func:`probability_log_odds` of :meth:`scores` computed on float64 outputs; a
+        method whose score is the sigmoid of a logit returns the logit itself.
+        """
+        if torch.is_tensor(outputs):
+            outputs = outputs.double()  # (B,) or (B, 1, H, W); detect's outputs are a dict
+        return probability_log_odds(self.scores(outputs))
 
     # -- Lightning -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -28,3 +28,6 @@ class BinaryMethod(SpatialMethod):
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(outputs)
+
+    def log_odds(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.double()  # the image logit: the score's log-odds exactly

@@ -132,11 +132,14 @@ def test_audit_saliency_numbers_match_the_metrics(tiny_checkpoints: dict[str, Pa
     loc = localization_auprc(maps, audit.roi_masks, audit.labels)
     assert r["localization_auprc"]["mean"] == pytest.approx(loc["mean"])
     train = data.split_frame("train")
-    from spatialspec.audit.saliency_criteria import training_masks
+    from spatialspec.audit.saliency_criteria import training_mask_paths, training_masks
 
-    masks = training_masks(data, data.image_size)
-    assert len(masks) == (train["mask_path"].fillna("") != "").sum() > 0
-    base = localization_auprc(average_mask(masks), audit.roi_masks, audit.labels)
+    assert len(training_mask_paths(data)) == (train["mask_path"].fillna("") != "").sum() > 0
+    base_map = average_mask(training_masks(data, data.image_size))
+    np.testing.assert_array_equal(
+        base_map, average_mask(np.stack(list(training_masks(data, data.image_size))))
+    )
+    base = localization_auprc(base_map, audit.roi_masks, audit.labels)
     assert r["localization_baselines"]["average_training_mask"]["mean"] == pytest.approx(
         base["mean"]
     )

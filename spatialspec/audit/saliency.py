@@ -46,6 +46,7 @@ from spatialspec.audit.saliency_criteria import (
     audit_method,
     load_other_model,
     pixel_probabilities,
+    training_mask_paths,
     training_masks,
 )
 from spatialspec.audit.saliency_metrics import (
@@ -194,7 +195,7 @@ def audit_saliency(
             f"split {split!r} of {data.manifest_path} has {len(audit)} image(s); "
             "the saliency audit needs at least 2"
         )
-    train_masks = training_masks(data, data.image_size)
+    n_train_masks = len(training_mask_paths(data))
     settings = AttributionSettings(
         n_steps=n_steps,
         baseline=baseline,
@@ -211,7 +212,9 @@ def audit_saliency(
         replicates=replicas,
         others=others,
         baselines={
-            "average_training_mask": average_mask(train_masks) if len(train_masks) else None,
+            "average_training_mask": (
+                average_mask(training_masks(data, data.image_size)) if n_train_masks else None
+            ),
             "pixel_probabilities": pixel_probabilities(method, audit.images),
         },
         settings=settings,
@@ -254,7 +257,7 @@ def audit_saliency(
             "n_other_architectures": len(archs),
         },
         "baselines": {
-            "average_training_mask": {"n_train_masks": len(train_masks)},
+            "average_training_mask": {"n_train_masks": n_train_masks},
             "pixel_probabilities": ctx.baselines["pixel_probabilities"] is not None,
         },
         "skipped": skipped,

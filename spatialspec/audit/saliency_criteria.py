@@ -9,7 +9,7 @@ the localization baselines — and :func:`audit_method` computes one method's ma
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "audit_method",
     "load_other_model",
     "pixel_probabilities",
+    "training_mask_paths",
     "training_masks",
 ]
 
@@ -75,24 +76,28 @@ def load_other_model(
     return other
 
 
-def training_masks(data: Any, size: int) -> np.ndarray:
-    """(K, S, S) bool masks of the training rows that have a mask file (K may be 0)."""
+def training_mask_paths(data: Any) -> list[str]:
+    """Mask files of the training rows that have one (possibly none)."""
     paths = data.split_frame("train").get("mask_path", pd.Series([], dtype=object))
-    masks = [
-        resize_mask(read_mask(p).view(np.uint8), size) > 0
-        for p in paths.fillna("").astype(str)
-        if p
-    ]
-    return np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+    return [p for p in paths.fillna("").astype(str) if p]
+
+
+def training_masks(data: Any, size: int) -> Iterator[np.ndarray]:
+    """(S, S) bool masks of :func:`training_mask_paths`, read one at a time (thousands of them
+    at 512 px would take gigabytes held together)."""
+    for path in training_mask_paths(data):
+        yield resize_mask(read_mask(path).view(np.uint8), size) > 0
 
 
 def pixel_probabilities(method: nn.Module, images: torch.Tensor) -> np.ndarray | None:
     """(N, S, S) pixel probabilities of a dense method; None for an image-level one."""
+    parts = []
     with torch.no_grad():
-        probe = method(images[:1])  # detect's raw outputs are a dict of head outputs
-        if not torch.is_tensor(probe) or probe.ndim != 4:
-            return None
-        parts = [torch.sigmoid(method(x))[:, 0] for x in images.split(32)]  # (b, S, S)
+        for x in images.split(32):
+            logits = method(x)  # detect's raw outputs are a dict of head outputs
+            if not torch.is_tensor(logits) or logits.ndim != 4:
+                return None
+            parts.append(torch.sigmoid(logits)[:, 0])  # (b, S, S)
     return torch.cat(parts).float().numpy()
 
 

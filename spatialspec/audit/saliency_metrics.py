@@ -20,7 +20,7 @@ Pure functions of numpy maps ((N, S, S), in [0, 1] after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import combinations
 from typing import Any
 
@@ -102,16 +102,26 @@ def localization_auprc(
     }
 
 
-def average_mask(masks: np.ndarray) -> np.ndarray:
-    """Pixel-wise mean of (N, S, S) masks: the average-training-mask baseline map, (S, S).
+def average_mask(masks: Iterable[np.ndarray]) -> np.ndarray:
+    """Pixel-wise mean of masks: the average-training-mask baseline map, (S, S).
+
+    Args:
+        masks: (S, S) masks, one at a time (a generator is read once, never held whole) or
+            stacked as (N, S, S).
 
     Raises:
-        ValueError: No masks.
+        ValueError: No masks, or not 2-D ones.
     """
-    masks = np.asarray(masks)
-    if masks.ndim != 3 or not len(masks):
-        raise ValueError(f"average_mask needs (N, S, S) masks with N >= 1, got {masks.shape}")
-    return masks.astype(np.float64).mean(axis=0)
+    total, n = None, 0
+    for mask in masks:
+        mask = np.asarray(mask, dtype=np.float64)
+        if mask.ndim != 2:
+            raise ValueError(f"average_mask needs (S, S) masks (N >= 1), got {mask.shape}")
+        total = mask if total is None else total + mask
+        n += 1
+    if total is None:
+        raise ValueError("average_mask needs (N, S, S) masks with N >= 1, got none")
+    return total / n
 
 
 # --------------------------------------------------------------------------- spurious share

@@ -191,19 +191,12 @@ def _localization(
 
 
 def _similarity(
-    reference: list[np.ndarray],
-    others: list[np.ndarray],
-    floor: np.ndarray,
-    criterion: str,
-    seed: int,
+    pairs: dict[str, Any] | None, floor: np.ndarray, criterion: str, seed: int
 ) -> dict[str, Any] | None:
-    """Repeatability (pairs within ``reference``) or reproducibility (``reference`` × ``others``);
-    None when there is no pair."""
-    if (criterion == "repeatability" and len(reference) < 2) or (
-        criterion == "reproducibility" and not others
-    ):
+    """Repeatability or reproducibility from its :func:`pairwise_ssim` (None: no pair), with its
+    comparison to the similarity floor."""
+    if pairs is None:
         return None
-    pairs = pairwise_ssim(reference, others if criterion == "reproducibility" else None)
     summary = {k: pairs[k] for k in ("sd", "pairs", "n_pairs")}
     comparison = _comparison(pairs["per_image"], floor, criterion, seed)
     return {"ssim": pairs["mean"], **summary, **comparison}
@@ -275,8 +268,12 @@ def audit_method(
         result.update(_randomization(name, ctx, maps, idx, ridx, floor["per_image"]))
     seeds = [maps, *(compute_maps(m, images, name, ctx.settings) for m in ctx.replicates)]
     others = [compute_maps(m, images, name, ctx.settings) for m in ctx.others]
-    for criterion in ("repeatability", "reproducibility"):
-        result[criterion] = _similarity(seeds, others, floor["per_image"], criterion, ctx.seed)
+    pairs = {
+        "repeatability": pairwise_ssim(seeds) if len(seeds) > 1 else None,  # seed pairs
+        "reproducibility": pairwise_ssim(seeds, others) if others else None,  # seeds x others
+    }
+    for criterion, p in pairs.items():
+        result[criterion] = _similarity(p, floor["per_image"], criterion, ctx.seed)
     result["seconds"] = round(time.perf_counter() - start, 2)
     result["cpu_seconds"] = round(time.process_time() - cpu, 2)
     return result, maps

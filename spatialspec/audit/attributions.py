@@ -20,7 +20,7 @@ map into the map the audit compares, the same way for all (Arun et al.):
 - ``integrated_gradients``: ``IntegratedGradients`` from a constant image of raw intensity
   ``baseline`` (0.5, mid-grey: 0 after the fixed normalisation), ``n_steps`` (32) steps.
 - ``smooth_ig``: ``NoiseTunnel`` over ``IntegratedGradients`` (``smoothgrad_sq``, same noise;
-  ``smooth_ig_samples`` copies: each costs a full integrated-gradients path).
+  ``smooth_ig_samples`` (10) copies: each costs a full integrated-gradients path).
 - ``gradcam``: ``LayerGradCam`` on the deepest encoder feature map, ReLU, bilinear upsampling.
 - ``guided_backprop``: ``GuidedBackprop`` — the gradient with every ``nn.ReLU`` module's backward
   pass rectified (only positive gradients flow back through positive inputs). captum overrides
@@ -96,7 +96,8 @@ class AttributionSettings:
         baseline: Raw intensity in [0, 1] of the integrated-gradients baseline image.
         noise: Noise standard deviation of the noise tunnels, as a fraction of the input range.
         nt_samples: Noisy copies averaged by ``smoothgrad``.
-        smooth_ig_samples: Noisy copies averaged by ``smooth_ig``.
+        smooth_ig_samples: Noisy copies averaged by ``smooth_ig`` (fewer than SmoothGrad's: each
+            costs a full integrated-gradients path).
         batch_size: Images per attribution call (path points and noisy copies are batched too).
         seed: Seed of the noise tunnels' noise, reset before every set of maps: two models
             (replicates, a randomised copy) see the same noise, and a model's maps repeat.
@@ -106,7 +107,7 @@ class AttributionSettings:
     baseline: float = MEAN
     noise: float = 0.15
     nt_samples: int = 25
-    smooth_ig_samples: int = 25
+    smooth_ig_samples: int = 10
     batch_size: int = 32
     seed: int = 0
 

@@ -100,6 +100,8 @@ DEFAULT_RANDOMIZATION_IMAGES = 16
 #: Attribution method whose numbers ``audit all``'s flat headline keys report (the first method
 #: audited when it is not among them); every method's numbers are under ``saliency_methods``.
 HEADLINE_ATTRIBUTION = "integrated_gradients"
+#: The attribution settings' defaults, shared by :func:`audit_saliency` and its command line.
+DEFAULTS = AttributionSettings()
 
 
 # --------------------------------------------------------------------------- the audit
@@ -129,15 +131,15 @@ def audit_saliency(
     other_architectures: Sequence[str | Path] = (),
     randomization: bool = True,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = DEFAULTS.batch_size,
     *,
     expensive_images: int | None = DEFAULT_EXPENSIVE_IMAGES,
     randomization_images: int = DEFAULT_RANDOMIZATION_IMAGES,
-    n_steps: int = 32,
-    baseline: float = MEAN,
-    noise: float = 0.15,
-    nt_samples: int = 25,
-    smooth_ig_samples: int = 10,
+    n_steps: int = DEFAULTS.n_steps,
+    baseline: float = DEFAULTS.baseline,
+    noise: float = DEFAULTS.noise,
+    nt_samples: int = DEFAULTS.nt_samples,
+    smooth_ig_samples: int = DEFAULTS.smooth_ig_samples,
     dilate: int = DEFAULT_DILATE,
     exclude_roi: bool = True,
     second_checkpoint: str | Path | None = None,
@@ -376,13 +378,20 @@ def add_saliency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         default=DEFAULT_RANDOMIZATION_IMAGES,
         help="images for cascading randomization (at most half of a method's images)",
     )
-    p.add_argument("--n-steps", type=int, default=32, help="integrated-gradients steps")
-    p.add_argument("--nt-samples", type=int, default=25, help="SmoothGrad samples")
-    p.add_argument("--smooth-ig-samples", type=int, default=10, help="smooth-IG samples")
+    p.add_argument(
+        "--n-steps", type=int, default=DEFAULTS.n_steps, help="integrated-gradients steps"
+    )
+    p.add_argument("--nt-samples", type=int, default=DEFAULTS.nt_samples, help="SmoothGrad samples")
+    p.add_argument(
+        "--smooth-ig-samples",
+        type=int,
+        default=DEFAULTS.smooth_ig_samples,
+        help="smooth-IG samples",
+    )
     p.add_argument(
         "--noise",
         type=float,
-        default=0.15,
+        default=DEFAULTS.noise,
         help="noise-tunnel stdev as a fraction of the input range",
     )
     p.add_argument(
@@ -397,7 +406,7 @@ def add_saliency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         action="store_false",
         help="count spurious-region pixels next to the pathology too",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--seed", type=int, default=0, help="subset, pairing and randomization seed")
     p.add_argument("--out", required=True, help="folder for saliency.json, .md, _grid.png")
     return p

@@ -383,7 +383,7 @@ def description_text(description: dict[str, Any] | None, top: int = 3) -> str:
     """One line: ``[label 0] more: tube 61/80 (76 %) vs 40/1520 (3 %); less: ...`` (or ``–``)."""
     if not description:
         return "–"
-    parts = [] if description.get("label") is None else [f"[label {description['label']}]"]
+    parts = []
     for key, word in (("enriched", "more"), ("depleted", "less")):
         rows = description.get(key) or []
         if rows:
@@ -393,5 +393,5 @@ def description_text(description: dict[str, Any] | None, top: int = 3) -> str:
                 for r in rows[:top]
             ]
             parts.append(f"{word}: " + ", ".join(items))
-    text = "; ".join(p for p in parts if not p.startswith("["))
-    return " ".join([*(p for p in parts if p.startswith("[")), text or "–"])
+    label = "" if description.get("label") is None else f"[label {description['label']}] "
+    return label + ("; ".join(parts) or "–")

@@ -157,11 +157,12 @@ def fill_control_lines(control: Mapping[str, Any] | None) -> list[str]:
         "",
         control["definition"],
     ]
-    if any(c.get("score_std", 1.0) < CONSTANT_STD for row in control["table"].values()
-           for c in row.values()):  # fmt: skip
-        lines.append(f"`(constant scores)`: the fill makes every score (nearly) equal (std < "
-                     f"{CONSTANT_STD:g}; e.g. a model saturated by an out-of-distribution "
-                     "fill): its AUROC of 0.5 says nothing about what was removed.")  # fmt: skip
+    if any(_constant(c) for row in control["table"].values() for c in row.values()):
+        lines.append(
+            f"`(constant scores)`: the fill makes every score (nearly) equal (std < "
+            f"{CONSTANT_STD:g}; e.g. a model saturated by an out-of-distribution fill): its "
+            "AUROC of 0.5 says nothing about what was removed."
+        )
     flagged = control["flagged"]
     lines.append(
         f"Flagged: {', '.join(f'`{c}`' for c in flagged)}."
@@ -171,8 +172,13 @@ def fill_control_lines(control: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _constant(cell: Mapping[str, Any]) -> bool:
+    """Whether a fill-control cell's scores are (nearly) all equal."""
+    return cell.get("score_std", 1.0) < CONSTANT_STD
+
+
 def _pair(cell: Mapping[str, Any]) -> str:
-    constant = " (constant scores)" if cell.get("score_std", 1.0) < CONSTANT_STD else ""
+    constant = " (constant scores)" if _constant(cell) else ""
     return f"{_fmt(cell['robust_auroc'])} / {_fmt(cell['auroc'])}{constant}"
 
 
@@ -337,8 +343,14 @@ def _curve(ax: Any, curve: Mapping[str, Any]) -> None:
         if ref is not None:
             ax.axhline(ref, color=colour, lw=0.8, ls=":")
     for p, xi in zip(points, x, strict=True):
-        ax.annotate(f"{p['dilation_px']:+d}", (xi, _nan(p["auroc"])), fontsize=6, ha="center",
-                    textcoords="offset points", xytext=(0, 7))  # fmt: skip
+        ax.annotate(
+            f"{p['dilation_px']:+d}",
+            (xi, _nan(p["auroc"])),
+            fontsize=6,
+            ha="center",
+            textcoords="offset points",
+            xytext=(0, 7),
+        )
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xlabel("visible fraction of the image (labels: dilation px)", fontsize=8)
     ax.set_ylabel("AUROC (95 % CI)", fontsize=8)

@@ -215,19 +215,17 @@ def saliency_markdown(result: Mapping[str, Any]) -> str:
 
 
 def _prevalence_lines(attributions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not attributions:
+        return []
     rows = [
         f"{name}: {fmt(r['localization_auprc']['prevalence'])} (n={r['localization_auprc']['n']})"
         for name, r in attributions.items()
     ]
-    return (
-        [
-            "",
-            "Prevalence (mask area fraction on the positives scored; an uninformative map's "
-            "AUPRC): " + "; ".join(rows) + ".",
-        ]
-        if rows
-        else []
-    )
+    return [
+        "",
+        "Prevalence (mask area fraction on the positives scored; an uninformative map's "
+        "AUPRC): " + "; ".join(rows) + ".",
+    ]
 
 
 def _randomization_lines(attributions: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -339,7 +339,7 @@ def _describer(test: _Split, info: dict[str, Any], options: dict[str, Any]) -> S
     columns = meta.get("columns") or options["metadata_columns"] or DEFAULT_METADATA_COLUMNS
     columns = [c for c in columns if c in frame.columns]
     labels = test.labels if options["describe_against"] == "label" else None
-    return SliceDescriber(test.frame, text, columns, options["min_count"], labels)
+    return SliceDescriber(frame, text, columns, options["min_count"], labels)
 
 
 def _image_evaluation(evaluation: dict[str, Any], split: str) -> dict[str, Any] | None:

@@ -85,9 +85,11 @@ def main() -> None:
         for name, (method, opt) in methods.items():
             rates[name].append(steps_per_second(step(method), opt, batch["image"], args.steps))
 
-    print(f"{args.encoder} image-level network, batch {args.batch} x {args.size}^2, "
-          f"{args.known:.0%} of the rows with a mask, {args.threads} thread(s), "
-          f"median of {args.rounds} rounds x {args.steps} steps")  # fmt: skip
+    print(
+        f"{args.encoder} image-level network, batch {args.batch} x {args.size}^2, "
+        f"{args.known:.0%} of the rows with a mask, {args.threads} thread(s), "
+        f"median of {args.rounds} rounds x {args.steps} steps"
+    )
     for name in METHODS:
         ms = 1000 / statistics.median(rates[name])
         ratio = statistics.median(b / r for b, r in zip(rates["binary"], rates[name], strict=True))

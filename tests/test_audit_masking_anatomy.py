@@ -171,8 +171,13 @@ def test_without_the_column_anatomy_conditions_are_skipped_or_refused(monkeypatc
     assert "no audited image" in result["skipped_conditions"]["anatomy_only"]
     with pytest.raises(ValueError, match="needs anatomy masks"):
         _audit(monkeypatch, _no_files(), conditions=["original", "anatomy_removed"])
-    lenient = _audit(monkeypatch, _no_files(), doses=(), fills=("mean", "zero"),
-                     fill_conditions=["roi_removed", "anatomy_only"])  # fmt: skip
+    lenient = _audit(
+        monkeypatch,
+        _no_files(),
+        doses=(),
+        fills=("mean", "zero"),
+        fill_conditions=["roi_removed", "anatomy_only"],
+    )
     assert lenient["fill_control"]["conditions"] == ["roi_removed"]
     assert "no audited image" in lenient["skipped_conditions"]["anatomy_only (fill control)"]
 

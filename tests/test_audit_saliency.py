@@ -42,8 +42,19 @@ def resnet_seg(tmp_path_factory: pytest.TempPathFactory, quick_fit_args: list[st
     from spatialspec.training import fit
 
     out = tmp_path_factory.mktemp("resnet_seg")
-    info = fit(["--method", "seg", "--out_dir", str(out), "--seed", "0", *quick_fit_args,
-                "--model.backbone.encoder_name", "resnet18"])  # fmt: skip
+    info = fit(
+        [
+            "--method",
+            "seg",
+            "--out_dir",
+            str(out),
+            "--seed",
+            "0",
+            *quick_fit_args,
+            "--model.backbone.encoder_name",
+            "resnet18",
+        ]
+    )
     return Path(info["best_checkpoint"] or info["last_checkpoint"])
 
 
@@ -84,9 +95,16 @@ def test_audit_saliency_seg_criteria_baselines_and_files(
     tiny_checkpoints: dict[str, Path], resnet_seg: Path, tmp_path: Path
 ) -> None:
     ckpt = tiny_checkpoints["seg"]
-    result = audit_saliency(ckpt, n_images=8, methods=[*CHEAP, "smooth_ig"], replicates=[ckpt],
-                            other_architectures=[resnet_seg], expensive_images=4,
-                            randomization_images=3, **FAST)  # fmt: skip
+    result = audit_saliency(
+        ckpt,
+        n_images=8,
+        methods=[*CHEAP, "smooth_ig"],
+        replicates=[ckpt],
+        other_architectures=[resnet_seg],
+        expensive_images=4,
+        randomization_images=3,
+        **FAST,
+    )
     assert set(result["attributions"]) == {*CHEAP, "smooth_ig"}
     for name, r in result["attributions"].items():
         assert r["n_images"] == (4 if name == "smooth_ig" else 8)
@@ -100,13 +118,18 @@ def test_audit_saliency_seg_criteria_baselines_and_files(
         assert r["randomization_test"]["layer"] == r["randomization"][-1]["layer"]
         assert -1 <= r["similarity_floor"]["mean"] <= 1 and r["seconds"] > 0
     assert result["verdicts"]["gradient"].keys() == {
-        "localization", "localization_pixels", "randomization", "repeatability",
+        "localization",
+        "localization_pixels",
+        "randomization",
+        "repeatability",
         "reproducibility",
-    }  # fmt: skip
+    }
     paths = write_saliency(result, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "saliency.json", "saliency.md", "saliency_grid.png"
-    }  # fmt: skip
+        "saliency.json",
+        "saliency.md",
+        "saliency_grid.png",
+    }
     assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(paths["json"].read_text())
     assert saved["n_images"] == 8 and "figure" not in saved
@@ -172,8 +195,9 @@ def test_xrai_is_skipped_with_a_message_without_its_package(
 ) -> None:
     monkeypatch.setitem(sys.modules, "saliency", None)
     monkeypatch.setitem(sys.modules, "saliency.core", None)
-    result = audit_saliency(tiny_checkpoints["binary"], n_images=4, methods=["gradient", "xrai"],
-                            randomization=False)  # fmt: skip
+    result = audit_saliency(
+        tiny_checkpoints["binary"], n_images=4, methods=["gradient", "xrai"], randomization=False
+    )
     assert result["skipped"] == {"xrai": XRAI_HINT}
     assert list(result["attributions"]) == ["gradient"]
     assert result["settings"]["methods"] == ["gradient"]
@@ -184,8 +208,14 @@ def test_xrai_is_skipped_with_a_message_without_its_package(
 
 def test_headline_keys(tiny_checkpoints: dict[str, Path]) -> None:
     ckpt = tiny_checkpoints["binary"]
-    result = audit_saliency(ckpt, n_images=6, methods=["integrated_gradients", "gradcam"],
-                            second_checkpoint=ckpt, randomization_images=2, **FAST)  # fmt: skip
+    result = audit_saliency(
+        ckpt,
+        n_images=6,
+        methods=["integrated_gradients", "gradcam"],
+        second_checkpoint=ckpt,
+        randomization_images=2,
+        **FAST,
+    )
     headline = SaliencyAudit().headline(AuditResult("saliency", result))
     ig = result["attributions"]["integrated_gradients"]
     assert headline["localization_auprc"] == ig["localization_auprc"]["mean"]
@@ -200,9 +230,15 @@ def test_headline_keys(tiny_checkpoints: dict[str, Path]) -> None:
         assert m["reproducibility_ssim"] is None and m["pixel_probability_auprc"] is None
         assert m["baseline_auprc"] == r["localization_baselines"]["average_training_mask"]["mean"]
         assert m["passes"] == result["verdicts"][name]
-    assert {"localization_auprc", "baseline_auprc", "randomization_ssim", "similarity_floor",
-            "repeatability_ssim", "reproducibility_ssim", "spurious_attribution_share"} <= set(
-        methods["gradcam"])  # fmt: skip
+    assert {
+        "localization_auprc",
+        "baseline_auprc",
+        "randomization_ssim",
+        "similarity_floor",
+        "repeatability_ssim",
+        "reproducibility_ssim",
+        "spurious_attribution_share",
+    } <= set(methods["gradcam"])
     json.dumps(headline)  # JSON-ready
 
 

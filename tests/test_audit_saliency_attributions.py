@@ -191,8 +191,13 @@ def test_guided_backprop_rectifies_every_relu_module_of_the_real_encoders(
 ) -> None:
     """captum's hooks equal a guided ReLU in every ``nn.ReLU`` module (resnet18 calls each
     block's ReLU twice); other activations (mobilenetv3's Hardswish) keep their gradient."""
-    cfg = BackboneConfig(encoder_name=encoder, in_channels=1, encoder_weights=None,
-                         encoder_depth=4, decoder_channels=(16, 16, 8, 8))  # fmt: skip
+    cfg = BackboneConfig(
+        encoder_name=encoder,
+        in_channels=1,
+        encoder_weights=None,
+        encoder_depth=4,
+        decoder_channels=(16, 16, 8, 8),
+    )
     torch.manual_seed(0)
     method = get_method("seg")(backbone=cfg).eval()
     x = torch.randn(2, 1, S, S)

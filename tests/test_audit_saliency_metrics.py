@@ -220,8 +220,10 @@ def test_paired_difference_mean_interval_and_nans() -> None:
     assert noisy["ci"][0] < 4.5 < noisy["ci"][1]
     assert paired_difference(noisy["ci"], noisy["ci"], seed=0)["diff"] == 0.0
     assert paired_difference(np.array([np.nan]), np.array([1.0])) == {
-        "diff": None, "ci": None, "n": 0
-    }  # fmt: skip
+        "diff": None,
+        "ci": None,
+        "n": 0,
+    }
     assert paired_difference(np.array([1.0]), np.array([0.0]))["ci"] is None
 
 

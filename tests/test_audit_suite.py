@@ -15,8 +15,9 @@ SALIENCY = {"methods": ["integrated_gradients", "gradcam"], "n_steps": 4, "rando
 
 
 def test_suite_writes_per_model_files_and_the_summary(tiny_checkpoints, tmp_path: Path) -> None:
-    summary = run_suite(tiny_checkpoints, tmp_path, saliency_limit=6,
-                        options={"saliency": SALIENCY})  # fmt: skip
+    summary = run_suite(
+        tiny_checkpoints, tmp_path, saliency_limit=6, options={"saliency": SALIENCY}
+    )
     assert set(summary["models"]) == {"binary", "seg"}
     for name, m in summary["models"].items():
         for stem in ("masking", "saliency", "slices"):
@@ -62,10 +63,13 @@ def test_suite_passes_replicates_and_other_architectures_to_saliency(
     monkeypatch.setattr(saliency.SaliencyAudit, "compute", staticmethod(spy))
     seg = str(tiny_checkpoints["seg"])
     summary = run_suite(
-        {"seg": seg}, tmp_path, replicates={"seg": [seg]}, other_architectures={"seg": ["r18"]},
-        audits=["saliency"], options={"saliency": {**SALIENCY, "methods": ["gradcam"],
-                                                    "n_images": 4}},
-    )  # fmt: skip
+        {"seg": seg},
+        tmp_path,
+        replicates={"seg": [seg]},
+        other_architectures={"seg": ["r18"]},
+        audits=["saliency"],
+        options={"saliency": {**SALIENCY, "methods": ["gradcam"], "n_images": 4}},
+    )
     assert seen == [{"replicates": [seg], "other_architectures": ["r18"], "n_images": 4}]
     gradcam = summary["models"]["seg"]["saliency_methods"]["gradcam"]
     assert gradcam["repeatability_ssim"] == pytest.approx(1.0, abs=1e-5)  # itself
@@ -76,8 +80,9 @@ def test_suite_passes_replicates_and_other_architectures_to_saliency(
 
 def test_suite_cli_collects_replicates_per_model(capsys) -> None:
     assert _multi_pairs(["seg=a", "seg=b", "binary=c"], "--replicate") == {
-        "seg": ["a", "b"], "binary": ["c"]
-    }  # fmt: skip
+        "seg": ["a", "b"],
+        "binary": ["c"],
+    }
     with pytest.raises(ValueError, match="--other-architecture expects NAME=CHECKPOINT"):
         _multi_pairs(["seg"], "--other-architecture")
     with pytest.raises(SystemExit):

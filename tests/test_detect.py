@@ -207,8 +207,9 @@ def test_box_branch_starts_at_the_anchor_box(small_backbone: BackboneConfig) -> 
     # about one stride to every side: a location at (16, 16) on the stride-4 level predicts
     # about (12, 12, 20, 20)
     index = 4 * 8 + 4  # row 4, column 4 of the 8 x 8 level
-    torch.testing.assert_close(boxes[0, index], torch.tensor([12.0, 12.0, 20.0, 20.0]),
-                               atol=2.0, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        boxes[0, index], torch.tensor([12.0, 12.0, 20.0, 20.0]), atol=2.0, rtol=0
+    )
 
 
 def test_channels_last_detector_gives_the_same_outputs() -> None:
@@ -298,11 +299,22 @@ def test_evaluate_checkpoint_reports_box_map_and_writes_boxes(
     from spatialspec.training import fit
 
     small = [f"--model.{k}={v}" for k, v in SMALL_DETECTOR.items()]
-    info = fit(["--method", "detect", "--out_dir", str(tmp_path / "run"), *quick_fit_args,
-                "--trainer.limit_train_batches", "1", *small])  # fmt: skip
+    info = fit(
+        [
+            "--method",
+            "detect",
+            "--out_dir",
+            str(tmp_path / "run"),
+            *quick_fit_args,
+            "--trainer.limit_train_batches",
+            "1",
+            *small,
+        ]
+    )
     out = tmp_path / "report.json"
-    report = evaluate_checkpoint(info["last_checkpoint"], out, n_resamples=20, progress=False,
-                                 accelerator="cpu")  # fmt: skip
+    report = evaluate_checkpoint(
+        info["last_checkpoint"], out, n_resamples=20, progress=False, accelerator="cpu"
+    )
     metrics = report["method_metrics"]
     assert metrics["n_positives_with_boxes"] == 20  # the tiny test split's positives
     assert metrics["box_map_50"] is None or 0.0 <= metrics["box_map_50"] <= 1.0

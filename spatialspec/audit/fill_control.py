@@ -43,8 +43,7 @@ CONCLUSIONS = {
     "auroc_vs_original": ("auroc", "original"),
     "auroc_vs_chance": ("auroc", "chance"),
 }
-_CELL_KEYS = ("auroc", "auroc_ci", "robust_auroc", "robust_auroc_ci", "n", "n_altered",
-              "score_std")  # fmt: skip
+_CELL_KEYS = ("auroc", "auroc_ci", "robust_auroc", "robust_auroc_ci", "n", "n_altered", "score_std")
 
 
 def verdict_vs_original(value: float | None, original_ci: Sequence[float | None]) -> str | None:

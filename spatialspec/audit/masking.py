@@ -187,8 +187,9 @@ def audit_masking(
     }
     curves = _curves(scorer, base, doses, dose_areas, n_resamples, seed)
     control = _fill_control(scorer, base, fills, fill_rows, n_resamples, seed)
-    references = _metadata_references(data, metadata_columns, split, mset.audit.image_ids,
-                                      n_resamples, seed)  # fmt: skip
+    references = _metadata_references(
+        data, metadata_columns, split, mset.audit.image_ids, n_resamples, seed
+    )
     examples = _example_rows(mset)
     run = {"limit": limit, "n_resamples": n_resamples, "batch_size": batch_size}
     extras = {"doses": sorted(set(doses)), "dose_areas": list(dose_areas), "fills": list(fills)}
@@ -227,8 +228,9 @@ def _check_options(fills: Sequence[str], dose_areas: Sequence[str]) -> None:
         check_masking(None, fill=f)
     unknown = [a for a in dose_areas if a not in DOSE_CONDITIONS]
     if unknown:
-        raise ValueError(f"unknown dose-response area(s) {unknown}; valid: "
-                         f"{', '.join(DOSE_CONDITIONS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown dose-response area(s) {unknown}; valid: {', '.join(DOSE_CONDITIONS)}"
+        )
 
 
 def _settings(base: Masking) -> dict[str, Any]:
@@ -239,8 +241,12 @@ def _cost(scorer: MaskingScorer, start: float) -> dict[str, Any]:
     """Images passed through the network, distinct maskings, seconds since ``start`` (and of
     them in the network)."""
     seconds = round(time.perf_counter() - start, 1)
-    return {"images_forward": scorer.n_forward, "maskings": len(scorer.cache), "seconds": seconds,
-            "network_seconds": round(scorer.forward_seconds, 1)}  # fmt: skip
+    return {
+        "images_forward": scorer.n_forward,
+        "maskings": len(scorer.cache),
+        "seconds": seconds,
+        "network_seconds": round(scorer.forward_seconds, 1),
+    }
 
 
 def _resolve_conditions(

@@ -91,8 +91,9 @@ def audit_model(
                 "replicates": list(replicates),
                 "other_architectures": list(other_architectures),
             }
-        result = audit.run(checkpoint, manifest, seed=seed, second_checkpoint=second_checkpoint,
-                           **extra)  # fmt: skip
+        result = audit.run(
+            checkpoint, manifest, seed=seed, second_checkpoint=second_checkpoint, **extra
+        )
         write_result(audit, result, out)
         times[audit.name] = time.perf_counter() - start
         for key, value in audit.headline(result).items():
@@ -209,11 +210,19 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="a model to audit (repeat; binary and seg enable the checks)")  # fmt: skip
     p.add_argument("--second-checkpoint", action="append", metavar="NAME=CHECKPOINT",
                    help="another training seed of model NAME (saliency repeatability)")  # fmt: skip
-    p.add_argument("--replicate", action="append", metavar="NAME=CHECKPOINT",
-                   help="a training seed of model NAME (repeat; saliency)")  # fmt: skip
-    p.add_argument("--other-architecture", action="append", metavar="NAME=CHECKPOINT",
-                   help="model NAME's method with another encoder on the same data (repeat; "
-                   "saliency reproducibility)")  # fmt: skip
+    p.add_argument(
+        "--replicate",
+        action="append",
+        metavar="NAME=CHECKPOINT",
+        help="a training seed of model NAME (repeat; saliency)",
+    )
+    p.add_argument(
+        "--other-architecture",
+        action="append",
+        metavar="NAME=CHECKPOINT",
+        help="model NAME's method with another encoder on the same data (repeat; "
+        "saliency reproducibility)",
+    )
     p.add_argument("--manifest", help="data to audit (default: each run's manifest)")
     for audit in audits:
         audit.add_suite_arguments(p)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,6 +62,8 @@ class Audit:
     table_order: ClassVar[int] = 0
     #: Whether :meth:`run` passes ``second_checkpoint`` on to :attr:`compute`.
     uses_second_checkpoint: ClassVar[bool] = False
+    #: Whether :meth:`run` passes ``replicates`` and ``other_architectures`` on.
+    uses_replicates: ClassVar[bool] = False
 
     @staticmethod
     def compute(
@@ -77,15 +79,22 @@ class Audit:
         *,
         seed: int = 0,
         second_checkpoint: str | Path | None = None,
+        replicates: Sequence[str | Path] = (),
+        other_architectures: Sequence[str | Path] = (),
         **options: Any,
     ) -> AuditResult:
-        """Audit ``checkpoint`` on ``manifest`` (None: the run's own); ``second_checkpoint`` is
-        another training seed of the same model, passed on to audits that use one.
+        """Audit ``checkpoint`` on ``manifest`` (None: the run's own). The model's other models
+        go to the audits that use them: ``second_checkpoint`` (another training seed;
+        :attr:`uses_second_checkpoint`), ``replicates`` (training seeds) and
+        ``other_architectures`` (other encoders on the same data; :attr:`uses_replicates`).
 
         By default this calls :attr:`compute` (the audit's function) and wraps its result.
         """
         if self.uses_second_checkpoint:
             options["second_checkpoint"] = second_checkpoint
+        if self.uses_replicates:
+            options["replicates"] = list(replicates)
+            options["other_architectures"] = list(other_architectures)
         return AuditResult(self.name, self.compute(checkpoint, manifest, seed=seed, **options))
 
     def headline(self, result: AuditResult) -> dict[str, Any]:

@@ -85,14 +85,14 @@ def audit_model(
     times = {}
     for audit in _audits(audits):
         start = time.perf_counter()
-        extra = dict(options.get(audit.name, {}))
-        if getattr(audit, "uses_replicates", False):
-            extra |= {
-                "replicates": list(replicates),
-                "other_architectures": list(other_architectures),
-            }
         result = audit.run(
-            checkpoint, manifest, seed=seed, second_checkpoint=second_checkpoint, **extra
+            checkpoint,
+            manifest,
+            seed=seed,
+            second_checkpoint=second_checkpoint,
+            replicates=replicates,
+            other_architectures=other_architectures,
+            **options.get(audit.name, {}),
         )
         write_result(audit, result, out)
         times[audit.name] = time.perf_counter() - start
